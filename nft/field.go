@@ -1,0 +1,272 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"strconv"
+)
+
+type fieldKind uint8
+
+const (
+	fieldIPv4Saddr fieldKind = iota + 1
+	fieldIPv4Daddr
+	fieldIPv6Saddr
+	fieldIPv6Daddr
+	fieldL4Proto
+	fieldTHDport
+	fieldMark
+	fieldNumgen
+)
+
+// Field is a packet (or packet metadata) field: the left side of a match, a
+// component of a set key, or a component of map data. It fixes the type and
+// byte length of the values it is compared with.
+type Field struct {
+	kind fieldKind
+	mod  uint32 // numgen modulus
+}
+
+// Fields nftproxy matches on.
+var (
+	IPv4Saddr = Field{kind: fieldIPv4Saddr} // ip saddr
+	IPv4Daddr = Field{kind: fieldIPv4Daddr} // ip daddr
+	IPv6Saddr = Field{kind: fieldIPv6Saddr} // ip6 saddr
+	IPv6Daddr = Field{kind: fieldIPv6Daddr} // ip6 daddr
+	L4Proto   = Field{kind: fieldL4Proto}   // meta l4proto
+	THDport   = Field{kind: fieldTHDport}   // th dport
+	Mark      = Field{kind: fieldMark}      // meta mark
+)
+
+// NumgenRandom is `numgen random mod n`: a random number in [0, n). As a set
+// key component (where n does not matter) it declares a 32-bit integer slot.
+func NumgenRandom(n uint32) Field { return Field{kind: fieldNumgen, mod: n} }
+
+// Saddr and Daddr return the address fields of an IP family (4 or 6).
+func Saddr(ipv6 bool) Field {
+	if ipv6 {
+		return IPv6Saddr
+	}
+	return IPv4Saddr
+}
+
+// Daddr returns ip daddr or ip6 daddr.
+func Daddr(ipv6 bool) Field {
+	if ipv6 {
+		return IPv6Daddr
+	}
+	return IPv4Daddr
+}
+
+func (f Field) String() string {
+	switch f.kind {
+	case fieldIPv4Saddr:
+		return "ip saddr"
+	case fieldIPv4Daddr:
+		return "ip daddr"
+	case fieldIPv6Saddr:
+		return "ip6 saddr"
+	case fieldIPv6Daddr:
+		return "ip6 daddr"
+	case fieldL4Proto:
+		return "meta l4proto"
+	case fieldTHDport:
+		return "th dport"
+	case fieldMark:
+		return "meta mark"
+	case fieldNumgen:
+		return fmt.Sprintf("numgen random mod %d", f.mod)
+	}
+	return fmt.Sprintf("field(%d)", f.kind)
+}
+
+// typeName is nft's name for the field's data type, "" when nft has no named
+// type for it (numgen yields a plain integer, which only `typeof` can declare).
+func (f Field) typeName() string {
+	switch f.kind {
+	case fieldIPv4Saddr, fieldIPv4Daddr:
+		return "ipv4_addr"
+	case fieldIPv6Saddr, fieldIPv6Daddr:
+		return "ipv6_addr"
+	case fieldL4Proto:
+		return "inet_proto"
+	case fieldTHDport:
+		return "inet_service"
+	case fieldMark:
+		return "mark"
+	}
+	return ""
+}
+
+// size is the field's length in bytes.
+func (f Field) size() int {
+	switch f.kind {
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldMark, fieldNumgen:
+		return 4
+	case fieldIPv6Saddr, fieldIPv6Daddr:
+		return 16
+	case fieldL4Proto:
+		return 1
+	case fieldTHDport:
+		return 2
+	}
+	return 0
+}
+
+// ipFamily is 4 or 6 for address fields (they need a `meta nfproto` check in
+// an inet table), 0 otherwise.
+func (f Field) ipFamily() int {
+	switch f.kind {
+	case fieldIPv4Saddr, fieldIPv4Daddr:
+		return 4
+	case fieldIPv6Saddr, fieldIPv6Daddr:
+		return 6
+	}
+	return 0
+}
+
+func (f Field) accepts(d Datum, interval bool) bool {
+	switch f.kind {
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldIPv6Saddr, fieldIPv6Daddr:
+		want6 := f.ipFamily() == 6
+		switch d.kind {
+		case datumAddr:
+			return d.addr.Is6() == want6 && !d.addr.Is4In6()
+		case datumPrefix:
+			return interval && d.prefix.Addr().Is6() == want6
+		}
+		return false
+	case fieldL4Proto:
+		return d.kind == datumProto
+	case fieldTHDport:
+		return d.kind == datumPort
+	case fieldMark, fieldNumgen:
+		return d.kind == datumInt
+	}
+	return false
+}
+
+// fieldsNeedTypeof reports whether a key or value can only be declared with
+// `typeof` (it contains a component without a named nft type).
+func fieldsNeedTypeof(fields []Field) bool {
+	for _, f := range fields {
+		if f.typeName() == "" {
+			return true
+		}
+	}
+	return false
+}
+
+type datumKind uint8
+
+const (
+	datumAddr datumKind = iota + 1
+	datumPrefix
+	datumProto
+	datumPort
+	datumInt
+)
+
+// Datum is one typed value: an element key or data component, or the right
+// side of a match. Datums are comparable.
+type Datum struct {
+	kind   datumKind
+	addr   netip.Addr
+	prefix netip.Prefix
+	num    uint32
+}
+
+// Addr is an IPv4 or IPv6 address.
+func Addr(a netip.Addr) Datum { return Datum{kind: datumAddr, addr: a.Unmap()} }
+
+// Prefix is an address prefix (a CIDR).
+func Prefix(p netip.Prefix) Datum {
+	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
+	return Datum{kind: datumPrefix, prefix: p}
+}
+
+func unmapBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
+}
+
+// IP protocol numbers nftproxy uses.
+const (
+	ProtoTCP  uint8 = 6
+	ProtoUDP  uint8 = 17
+	ProtoSCTP uint8 = 132
+)
+
+// Proto is an IP protocol number (inet_proto).
+func Proto(p uint8) Datum { return Datum{kind: datumProto, num: uint32(p)} }
+
+// Port is a transport port (inet_service).
+func Port(p uint16) Datum { return Datum{kind: datumPort, num: uint32(p)} }
+
+// Int is a 32-bit integer (a mark or a numgen slot).
+func Int(n uint32) Datum { return Datum{kind: datumInt, num: n} }
+
+func (d Datum) String() string {
+	switch d.kind {
+	case datumAddr:
+		return d.addr.String()
+	case datumPrefix:
+		if d.prefix.IsSingleIP() {
+			return d.prefix.Addr().String()
+		}
+		return d.prefix.String()
+	case datumProto:
+		switch uint8(d.num) {
+		case ProtoTCP:
+			return "tcp"
+		case ProtoUDP:
+			return "udp"
+		case ProtoSCTP:
+			return "sctp"
+		}
+		return strconv.Itoa(int(d.num))
+	case datumPort, datumInt:
+		return strconv.FormatUint(uint64(d.num), 10)
+	}
+	return "?"
+}
+
+// bytes is the value as the kernel stores it.
+func (d Datum) bytes() []byte {
+	switch d.kind {
+	case datumAddr:
+		return d.addr.AsSlice()
+	case datumPrefix:
+		return d.prefix.Addr().AsSlice()
+	case datumProto:
+		return []byte{byte(d.num)}
+	case datumPort:
+		return binary.BigEndian.AppendUint16(nil, uint16(d.num))
+	case datumInt:
+		// Marks and numgen results live in host byte order in registers.
+		return binary.NativeEndian.AppendUint32(nil, d.num)
+	}
+	return nil
+}
+
+// concatBytes lays out a key or value as the kernel expects: a single
+// component as is, a concatenation with every component padded to 4 bytes
+// (one 32-bit register each).
+func concatBytes(data []Datum) []byte {
+	if len(data) == 1 {
+		return data[0].bytes()
+	}
+	var b []byte
+	for _, d := range data {
+		v := d.bytes()
+		b = append(b, v...)
+		for len(v)%4 != 0 {
+			b = append(b, 0)
+			v = append(v, 0)
+		}
+	}
+	return b
+}

@@ -1,0 +1,196 @@
+package nft
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Interface applies plans. Kernel implements it; Fake records plans for tests.
+type Interface interface {
+	Apply(ctx context.Context, p *Plan) error
+}
+
+// Kernel programs the nftables of one network namespace through netlink.
+type Kernel struct {
+	t transport
+}
+
+// KernelOption configures a Kernel.
+type KernelOption func(*Kernel)
+
+// WithNetNS makes the Kernel program the network namespace the fd refers to
+// instead of the caller's.
+func WithNetNS(fd int) KernelOption { return func(k *Kernel) { k.t.netns = fd } }
+
+// WithReceiveBuffer fixes the netlink receive buffer size instead of sizing it
+// to each transaction. Only tests need it.
+func WithReceiveBuffer(bytes int) KernelOption { return func(k *Kernel) { k.t.readBuffer = bytes } }
+
+// NewKernel returns a Kernel for the current network namespace unless told
+// otherwise.
+func NewKernel(opts ...KernelOption) *Kernel {
+	k := &Kernel{t: transport{netns: -1}}
+	for _, o := range opts {
+		o(k)
+	}
+	return k
+}
+
+// Apply sends the plan as one netlink batch. The kernel commits all of it or
+// none: after an error other than ErrOutcomeUnknown, the table is exactly as
+// it was before.
+func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
+	if p.Empty() {
+		return nil
+	}
+	if p.Replace && p.committed != nil {
+		if err := p.committed.Validate(); err != nil {
+			return fmt.Errorf("apply table %s: %w", p.table, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	msgs, err := encodePlan(p)
+	if err != nil {
+		return fmt.Errorf("apply table %s: %w", p.table, err)
+	}
+	if err := k.t.send(msgs); err != nil {
+		return fmt.Errorf("apply table %s: %w", p.table, err)
+	}
+	return nil
+}
+
+// Delete removes the table if it exists.
+func (k *Kernel) Delete(ctx context.Context, family Family, name string) error {
+	return k.Apply(ctx, DeletePlan(family, name))
+}
+
+func (k *Kernel) conn() (*nftables.Conn, error) {
+	var opts []nftables.ConnOption
+	if k.t.netns >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(k.t.netns))
+	}
+	return nftables.New(opts...)
+}
+
+// Exists reports whether the table exists.
+func (k *Kernel) Exists(family Family, name string) (bool, error) {
+	c, err := k.conn()
+	if err != nil {
+		return false, err
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("list tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == name {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// KernelElement is a set element as read back from the kernel.
+type KernelElement struct {
+	Key     []byte
+	Value   []byte
+	Verdict *Verdict
+}
+
+// ReadElements reads the elements of a set or map from the kernel.
+//
+// A dump of elements is superlinear in the kernel (100k elements take
+// seconds), so nftproxy does not read sets back in its sync path; this is for
+// inspection and tests.
+//
+// google/nftables v0.3.0 does not decode verdicts of verdict map elements:
+// it leaves the nested NFTA_DATA_VERDICT attribute in Val. ReadElements
+// decodes it.
+func (k *Kernel) ReadElements(table, set string) ([]KernelElement, error) {
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	s, err := c.GetSetByName(&nftables.Table{Family: nftables.TableFamilyINet, Name: table}, set)
+	if err != nil {
+		return nil, fmt.Errorf("read set %s: %w", set, err)
+	}
+	elems, err := c.GetSetElements(s)
+	if err != nil {
+		return nil, fmt.Errorf("read elements of %s: %w", set, err)
+	}
+	// GetSets reports a verdict map's key type as "verdict" (v0.3.0 overwrites
+	// it); the data type is the reliable sign.
+	isVmap := s.DataType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() || s.DataType.Name == nftables.TypeVerdict.Name
+	out := make([]KernelElement, 0, len(elems))
+	for _, e := range elems {
+		ke := KernelElement{Key: e.Key, Value: e.Val}
+		if e.VerdictData != nil {
+			v, err := modelVerdict(e.VerdictData)
+			if err != nil {
+				return nil, err
+			}
+			ke.Verdict, ke.Value = &v, nil
+		} else if isVmap && len(e.Val) > 0 {
+			v, err := decodeVerdict(e.Val)
+			if err != nil {
+				return nil, fmt.Errorf("decode verdict of %s element %x: %w", set, e.Key, err)
+			}
+			ke.Verdict, ke.Value = &v, nil
+		}
+		out = append(out, ke)
+	}
+	return out, nil
+}
+
+// decodeVerdict decodes the attributes of an NFTA_DATA_VERDICT nest:
+// NFTA_VERDICT_CODE and, for jump and goto, NFTA_VERDICT_CHAIN.
+func decodeVerdict(b []byte) (Verdict, error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return Verdict{}, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var code int32
+	var chain string
+	var sawCode bool
+	for ad.Next() {
+		switch ad.Type() {
+		case unix.NFTA_VERDICT_CODE:
+			code, sawCode = int32(ad.Uint32()), true
+		case unix.NFTA_VERDICT_CHAIN:
+			chain = ad.String()
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return Verdict{}, err
+	}
+	if !sawCode {
+		return Verdict{}, fmt.Errorf("no verdict code")
+	}
+	return modelVerdict(&expr.Verdict{Kind: expr.VerdictKind(code), Chain: chain})
+}
+
+func modelVerdict(v *expr.Verdict) (Verdict, error) {
+	switch v.Kind {
+	case expr.VerdictAccept:
+		return Accept, nil
+	case expr.VerdictDrop:
+		return Drop, nil
+	case expr.VerdictReturn:
+		return Return, nil
+	case expr.VerdictJump:
+		return Jump(v.Chain), nil
+	case expr.VerdictGoto:
+		return Goto(v.Chain), nil
+	}
+	return Verdict{}, fmt.Errorf("unknown verdict code %d", v.Kind)
+}

@@ -1,0 +1,145 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// nftproxy sends the messages google/nftables encodes (encode.go) over a
+// socket of its own instead of through nftables.Conn.Flush, because v0.3.0's
+// Flush leaves the socket buffers at their defaults (a large batch fails with
+// EMSGSIZE; acks overflow the receive buffer and Flush returns ENOBUFS after
+// a commit that did happen), asks for an echo of every rule, and stops reading
+// at the first error, so the failing message cannot be named.
+
+// ErrOutcomeUnknown is wrapped by Apply errors after which the kernel may or
+// may not have committed the transaction (its answer was lost). The caller
+// must not trust its idea of the kernel's state and should replace the whole
+// table on the next sync.
+var ErrOutcomeUnknown = errors.New("transaction outcome unknown")
+
+// ackTimeout bounds the wait for the kernel's answers. The kernel processes a
+// batch synchronously inside sendmsg, so the answers are queued by the time
+// the send returns; the timeout only guards against a kernel that answers
+// fewer messages than expected.
+const ackTimeout = 10 * time.Second
+
+// ackBytesPerMessage is the receive buffer reserved per message, as nft does
+// (an ack skb takes well under 1 KiB of buffer).
+const ackBytesPerMessage = 1024
+
+type transport struct {
+	netns int // network namespace fd, or -1 for the current one
+	// readBuffer overrides the receive buffer size (tests use it to provoke
+	// ENOBUFS); 0 sizes it from the batch.
+	readBuffer int
+}
+
+// send sends msgs as one batch, in one sendmsg, and waits for the kernel's
+// verdict on each message.
+func (t transport) send(msgs []message) error {
+	cfg := &netlink.Config{}
+	if t.netns >= 0 {
+		cfg.NetNS = t.netns
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer conn.Close()
+
+	batch := make([]netlink.Message, 0, len(msgs)+2)
+	batch = append(batch, batchMarker(unix.NFNL_MSG_BATCH_BEGIN))
+	size := 2 * 20
+	for _, m := range msgs {
+		nm := m.msg
+		// Ask for an ack of every message (so an error names its message) but
+		// no echo of rules, which would only fill the receive buffer.
+		nm.Header.Flags = (nm.Header.Flags | netlink.Acknowledge) &^ netlink.HeaderFlags(unix.NLM_F_ECHO)
+		batch = append(batch, nm)
+		size += 16 + (len(nm.Data)+3)&^3
+	}
+	batch = append(batch, batchMarker(unix.NFNL_MSG_BATCH_END))
+
+	// The whole batch must fit one skb: netlink_sendmsg refuses anything
+	// larger than the send buffer with EMSGSIZE. Setting it needs
+	// SO_SNDBUFFORCE (CAP_NET_ADMIN) past wmem_max; the library tries that.
+	if err := conn.SetWriteBuffer(size + 64<<10); err != nil {
+		return fmt.Errorf("set netlink send buffer to %d bytes: %w", size, err)
+	}
+	rb := t.readBuffer
+	if rb == 0 {
+		rb = max(1<<20, ackBytesPerMessage*len(msgs))
+	}
+	if err := conn.SetReadBuffer(rb); err != nil {
+		return fmt.Errorf("set netlink receive buffer to %d bytes: %w", rb, err)
+	}
+
+	if _, err := conn.SendMessages(batch); err != nil {
+		// Nothing reached the kernel's transaction code.
+		return fmt.Errorf("send batch of %d messages (%d bytes): %w", len(msgs), size, err)
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(ackTimeout)); err != nil {
+		return fmt.Errorf("set netlink read deadline: %w", err)
+	}
+	var refused []error
+	for i := range msgs {
+		_, err := conn.Receive()
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, unix.ENOBUFS) {
+			return fmt.Errorf("%w: kernel answers overflowed the receive buffer after message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if len(refused) > 0 {
+				break
+			}
+			return fmt.Errorf("%w: no answer for message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+		}
+		var opErr *netlink.OpError
+		if !errors.As(err, &opErr) {
+			return fmt.Errorf("%w: read answer %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+		}
+		refused = append(refused, fmt.Errorf("%s: %w", msgs[i].what, err))
+	}
+	if len(refused) > 0 {
+		// The kernel aborted the transaction: nothing of it was applied. Later
+		// errors are often consequences of the first.
+		return &RefusedError{Errs: refused}
+	}
+	return nil
+}
+
+func batchMarker(typ uint16) netlink.Message {
+	return netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.Request},
+		// nfgenmsg: family unspecified, version 0, resource id = subsystem.
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, unix.NFNL_SUBSYS_NFTABLES},
+	}
+}
+
+// RefusedError reports a transaction the kernel refused and rolled back.
+type RefusedError struct {
+	Errs []error // one per refused message, in order
+}
+
+func (e *RefusedError) Error() string {
+	msg := fmt.Sprintf("kernel refused the transaction: %v", e.Errs[0])
+	if len(e.Errs) > 1 {
+		msg += fmt.Sprintf(" (and %d more errors)", len(e.Errs)-1)
+	}
+	return msg
+}
+
+// Unwrap returns the individual errors, so errors.Is finds errnos.
+func (e *RefusedError) Unwrap() []error { return e.Errs }
+
+// IsNotFound reports whether err says an object the transaction referred to
+// does not exist.
+func IsNotFound(err error) bool { return errors.Is(err, unix.ENOENT) }
