@@ -293,7 +293,7 @@ func (p *Plan) String() string {
 		case opAddChain:
 			if o.chain.Base != nil {
 				fmt.Fprintf(&b, "add chain %s %s { type %s hook %s priority %s; policy accept; }\n",
-					obj, o.chain.Name, o.chain.Base.Type, o.chain.Base.Hook, priorityName(o.chain.Base.Priority))
+					obj, o.chain.Name, o.chain.Base.Type, o.chain.Base.Hook, priorityName(o.chain.Base))
 			} else {
 				fmt.Fprintf(&b, "add chain %s %s\n", obj, o.chain.Name)
 			}

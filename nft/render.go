@@ -135,7 +135,7 @@ func joinData(data []Datum) string {
 func renderChain(b *strings.Builder, c *Chain) {
 	fmt.Fprintf(b, "\tchain %s {\n", c.Name)
 	if c.Base != nil {
-		fmt.Fprintf(b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.Base.Type, c.Base.Hook, priorityName(c.Base.Priority))
+		fmt.Fprintf(b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.Base.Type, c.Base.Hook, priorityName(c.Base))
 	}
 	for _, r := range c.Rules {
 		fmt.Fprintf(b, "\t\t%s\n", r)
@@ -143,14 +143,17 @@ func renderChain(b *strings.Builder, c *Chain) {
 	b.WriteString("\t}\n")
 }
 
-func priorityName(p int) string {
-	switch p {
-	case PriorityDstNAT:
+// priorityName is how nft prints a priority: by name where nft accepts the
+// name for the hook (dstnat only in prerouting, srcnat only in postrouting),
+// as a number otherwise.
+func priorityName(b *BaseChain) string {
+	switch {
+	case b.Priority == PriorityDstNAT && b.Hook == HookPrerouting:
 		return "dstnat"
-	case PrioritySrcNAT:
+	case b.Priority == PrioritySrcNAT && b.Hook == HookPostrouting:
 		return "srcnat"
-	case PriorityFilter:
+	case b.Priority == PriorityFilter:
 		return "filter"
 	}
-	return fmt.Sprint(p)
+	return fmt.Sprint(b.Priority)
 }

@@ -23,7 +23,7 @@ func sampleTable(services int) *Table {
 		c := t.AddChain(&Chain{Name: fmt.Sprintf("endpoints-%d", n)})
 		c.AddRule(DNATMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(n)}, Map: "service-endpoints"})
 	}
-	rej := t.AddChain(&Chain{Name: "reject"})
+	rej := t.AddChain(&Chain{Name: "reject-chain"})
 	rej.AddRule(Match{Field: L4Proto, Value: Proto(ProtoTCP)}, Reject{Kind: RejectTCPReset})
 	rej.AddRule(Reject{})
 	svc := t.AddChain(&Chain{Name: "services"})
@@ -31,7 +31,7 @@ func sampleTable(services int) *Table {
 	svc.AddRuleWithComment("off-cluster traffic to ClusterIPs", MatchPrefix(IPv4Daddr, OpEq, netip.MustParsePrefix("10.96.0.0/12")),
 		SetMatch{Fields: []Field{IPv4Saddr}, Set: "cluster-cidrs", Negate: true}, SetMarkOr{Bits: 0x4000}, Counter{})
 	svc.AddRule(FibDaddrLocal{}, VerdictMap{Fields: []Field{L4Proto, THDport}, Map: "service-nodeports"})
-	svc.AddRule(Match{Field: IPv4Daddr, Value: Addr(netip.MustParseAddr("10.96.0.99"))}, Match{Field: THDport, Op: OpNeq, Value: Port(53)}, DNAT{Addr: netip.MustParseAddr("10.244.1.9"), Port: 8053})
+	svc.AddRule(Match{Field: IPv4Daddr, Value: Addr(netip.MustParseAddr("10.96.0.99"))}, Match{Field: L4Proto, Value: Proto(ProtoUDP)}, Match{Field: THDport, Op: OpNeq, Value: Port(53)}, DNAT{Addr: netip.MustParseAddr("10.244.1.9"), Port: 8053})
 	pre := t.AddChain(&Chain{Name: "nat-prerouting", Base: &BaseChain{Type: ChainTypeNAT, Hook: HookPrerouting, Priority: PriorityDstNAT}})
 	pre.AddRule(Jump("services"))
 	out := t.AddChain(&Chain{Name: "nat-output", Base: &BaseChain{Type: ChainTypeNAT, Hook: HookOutput, Priority: PriorityDstNAT}})
@@ -51,7 +51,7 @@ func sampleTable(services int) *Table {
 			eps.AddElement(Element{Key: []Datum{Addr(ip), Proto(ProtoTCP), Port(80), Int(s)}, Value: []Datum{Addr(ep), Port(8080 + uint16(s))}})
 		}
 	}
-	np.AddElement(Element{Key: []Datum{Proto(ProtoUDP), Port(30053)}, Verdict: ptr(Goto("reject"))})
+	np.AddElement(Element{Key: []Datum{Proto(ProtoUDP), Port(30053)}, Verdict: ptr(Goto("reject-chain"))})
 	return t
 }
 

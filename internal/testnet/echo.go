@@ -1,0 +1,204 @@
+package testnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/net/ipv4"
+)
+
+// Reply is what an echo server answers: its name and the client address it
+// saw, which shows whether the source was NATed.
+type Reply struct {
+	Pod    string
+	Client netip.AddrPort
+}
+
+// String renders r as the echo servers' reply line, without the newline.
+func (r Reply) String() string { return "pod=" + r.Pod + " client=" + r.Client.String() }
+
+// ParseReply parses a reply line "pod=<name> client=<ip>:<port>".
+func ParseReply(line string) (Reply, error) {
+	var r Reply
+	fields := strings.Fields(line)
+	if len(fields) != 2 || !strings.HasPrefix(fields[0], "pod=") || !strings.HasPrefix(fields[1], "client=") {
+		return r, fmt.Errorf("parse reply %q: want \"pod=<name> client=<ip>:<port>\"", line)
+	}
+	client, err := netip.ParseAddrPort(strings.TrimPrefix(fields[1], "client="))
+	if err != nil {
+		return r, fmt.Errorf("parse reply %q: %w", line, err)
+	}
+	return Reply{Pod: strings.TrimPrefix(fields[0], "pod="), Client: client}, nil
+}
+
+// Serve starts the pod's echo servers on ports; see (*NS).Serve.
+func (p *Pod) Serve(t testing.TB, ports ...uint16) {
+	t.Helper()
+	p.NS.Serve(t, p.Name, ports...)
+}
+
+// Serve listens on 0.0.0.0:port for TCP and for UDP in the namespace, for
+// each port, until the test ends. TCP servers write a Reply line naming name
+// to each accepted connection and close it; UDP servers send it back to every
+// datagram's sender, from the address the datagram was sent to.
+func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
+	t.Helper()
+	var (
+		lns []net.Listener
+		pcs []*ipv4.PacketConn
+	)
+	err := ns.Do(func() error {
+		for _, port := range ports {
+			addr := ":" + strconv.Itoa(int(port))
+			ln, err := net.Listen("tcp4", addr)
+			if err != nil {
+				return fmt.Errorf("listen tcp: %w", err)
+			}
+			lns = append(lns, ln)
+			pc, err := net.ListenPacket("udp4", addr)
+			if err != nil {
+				return fmt.Errorf("listen udp: %w", err)
+			}
+			p := ipv4.NewPacketConn(pc)
+			pcs = append(pcs, p)
+			// The destination address becomes the reply's source: the
+			// client's connected socket accepts nothing else.
+			if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
+				return fmt.Errorf("enable IP_PKTINFO: %w", err)
+			}
+		}
+		return nil
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		for _, pc := range pcs {
+			pc.Close()
+		}
+		wg.Wait()
+	})
+	if err != nil {
+		t.Fatalf("serve %s in netns %s: %v", name, ns.Name, err)
+	}
+	for _, ln := range lns {
+		wg.Go(func() { serveTCP(ln, name) })
+	}
+	for _, pc := range pcs {
+		wg.Go(func() { serveUDP(pc, name) })
+	}
+}
+
+func serveTCP(ln net.Listener, name string) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return // closed by cleanup
+		}
+		client := unmap(conn.RemoteAddr().(*net.TCPAddr).AddrPort())
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(conn, Reply{Pod: name, Client: client}.String()+"\n")
+		conn.Close()
+	}
+}
+
+func serveUDP(pc *ipv4.PacketConn, name string) {
+	buf := make([]byte, 2048)
+	for {
+		_, cm, src, err := pc.ReadFrom(buf)
+		if err != nil {
+			return // closed by cleanup
+		}
+		client := unmap(src.(*net.UDPAddr).AddrPort())
+		var reply *ipv4.ControlMessage
+		if cm != nil {
+			reply = &ipv4.ControlMessage{Src: cm.Dst}
+		}
+		pc.WriteTo([]byte(Reply{Pod: name, Client: client}.String()+"\n"), reply, src)
+	}
+}
+
+// DialTCP connects from the namespace to addr and reads the echo server's
+// reply. timeout bounds the connect and the read. Errors can be classified by
+// IsRefused and IsTimeout. It must be called from the test goroutine: it fails
+// t if it cannot enter the namespace.
+func (ns *NS) DialTCP(t testing.TB, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
+	t.Helper()
+	return ns.dial(t, "tcp4", addr, timeout)
+}
+
+// DialUDP sends a datagram from a connected socket in the namespace to addr
+// and reads the echo server's reply. An ICMP port unreachable answer makes
+// IsRefused true, silence until timeout makes IsTimeout true. Like DialTCP,
+// it fails t if it cannot enter the namespace.
+func (ns *NS) DialUDP(t testing.TB, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
+	t.Helper()
+	return ns.dial(t, "udp4", addr, timeout)
+}
+
+func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var conn net.Conn
+	var dialErr error
+	// net.Dialer creates the socket on the calling thread, so it is born in
+	// the namespace; reading can then happen anywhere.
+	err := ns.Do(func() error {
+		d := net.Dialer{Deadline: deadline}
+		conn, dialErr = d.Dial(network, addr.String())
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("dial %s %s: %v", network, addr, err)
+	}
+	if dialErr != nil {
+		return Reply{}, fmt.Errorf("dial %s %s from netns %s: %w", network, addr, ns.Name, dialErr)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(deadline); err != nil {
+		return Reply{}, fmt.Errorf("set deadline: %w", err)
+	}
+	var line []byte
+	if network == "udp4" {
+		if _, err = conn.Write([]byte("ping\n")); err == nil {
+			buf := make([]byte, 2048)
+			var n int
+			n, err = conn.Read(buf)
+			line = buf[:n]
+		}
+	} else {
+		line, err = io.ReadAll(conn)
+	}
+	if err != nil {
+		return Reply{}, fmt.Errorf("read %s %s from netns %s: %w", network, addr, ns.Name, err)
+	}
+	return ParseReply(string(line))
+}
+
+// IsRefused reports whether err means the peer refused: a TCP RST or an ICMP
+// port unreachable (ECONNREFUSED).
+func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
+
+// IsTimeout reports whether err means no answer came before the deadline, as
+// when packets are dropped.
+func IsTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,256 @@
+package nft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/nftproxy/nftproxy/internal/testnet"
+)
+
+// listTable returns `nft list table` of the test table in ns, normalised:
+// set elements sorted (the kernel lists them in hash order), counters zeroed.
+func listTable(t *testing.T, ns *testnet.NS, name string) string {
+	t.Helper()
+	return normalizeListing(ns.Run(t, "nft", "list", "table", "inet", name))
+}
+
+var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+
+func normalizeListing(s string) string {
+	s = counterRE.ReplaceAllString(s, "counter")
+	var out []string
+	lines := strings.Split(s, "\n")
+	for i := 0; i < len(lines); i++ {
+		line := strings.TrimSpace(lines[i])
+		if !strings.HasPrefix(line, "elements = {") {
+			if line != "" {
+				out = append(out, line)
+			}
+			continue
+		}
+		block := line
+		for !strings.HasSuffix(block, "}") {
+			i++
+			block += " " + strings.TrimSpace(lines[i])
+		}
+		items := strings.Split(strings.TrimSuffix(strings.TrimPrefix(block, "elements = {"), "}"), ",")
+		for j := range items {
+			items[j] = strings.TrimSpace(items[j])
+		}
+		slices.Sort(items)
+		out = append(out, "elements = { "+strings.Join(items, ", ")+" }")
+	}
+	return strings.Join(out, "\n")
+}
+
+// loadWithNft programs a table from its rendered text with the nft binary.
+func loadWithNft(t *testing.T, ns *testnet.NS, script string) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "table.nft")
+	if err := os.WriteFile(f, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "-f", f)
+}
+
+func TestKernelTableMatchesRender(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx := context.Background()
+	viaNetlink := testnet.NewNS(t, "nl")
+	viaText := testnet.NewNS(t, "txt")
+	k := NewKernel(WithNetNS(viaNetlink.Fd()))
+
+	first := sampleTable(50)
+	if err := k.Apply(ctx, Diff(nil, first)); err != nil {
+		t.Fatalf("apply first table: %v", err)
+	}
+	loadWithNft(t, viaText, RenderReplace(first))
+	if diff := cmp.Diff(listTable(t, viaText, first.Name), listTable(t, viaNetlink, first.Name)); diff != "" {
+		t.Fatalf("table programmed through netlink differs from Render (-render +netlink):\n%s", diff)
+	}
+
+	// An incremental change: services removed, added and re-pointed, a rule
+	// changed, a chain dropped.
+	second := sampleTable(60)
+	second.Set("service-ips").Elements = second.Set("service-ips").Elements[5:]
+	second.Chain("services").Rules[3] = Rule{Exprs: []Expr{Match{Field: IPv4Daddr, Value: Addr(netip.MustParseAddr("10.96.0.98"))}, Match{Field: L4Proto, Value: Proto(ProtoTCP)}, DNAT{Addr: netip.MustParseAddr("10.244.1.10"), Port: 53}}}
+	second.Chains = slices.DeleteFunc(second.Chains, func(c *Chain) bool { return c.Name == "filter-forward" })
+	plan := Diff(first, second)
+	if plan.Replace {
+		t.Fatalf("incremental change planned as a full replace:\n%s", plan)
+	}
+	if err := k.Apply(ctx, plan); err != nil {
+		t.Fatalf("apply incremental plan:\n%s\nerror: %v", plan, err)
+	}
+	loadWithNft(t, viaText, RenderReplace(plan.Committed()))
+	if diff := cmp.Diff(listTable(t, viaText, first.Name), listTable(t, viaNetlink, first.Name)); diff != "" {
+		t.Fatalf("after incremental plan, kernel differs from Render (-render +netlink):\n%s", diff)
+	}
+
+	// The stale chain was flushed; the next plan deletes it.
+	next := Diff(plan.Committed(), second)
+	if got := next.Stats(); got.ChainsDeleted != 1 || got.Ops != 1 {
+		t.Fatalf("follow-up plan: got %+v, want exactly one chain deletion\n%s", got, next)
+	}
+	if err := k.Apply(ctx, next); err != nil {
+		t.Fatalf("delete stale chain: %v", err)
+	}
+	loadWithNft(t, viaText, RenderReplace(second))
+	if diff := cmp.Diff(listTable(t, viaText, first.Name), listTable(t, viaNetlink, first.Name)); diff != "" {
+		t.Fatalf("after stale chain deletion (-render +netlink):\n%s", diff)
+	}
+}
+
+func TestRenderIsAcceptedByNftCheck(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "chk")
+	f := filepath.Join(t.TempDir(), "table.nft")
+	if err := os.WriteFile(f, []byte(RenderReplace(sampleTable(20))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "-c", "-f", f)
+	// The plan text of an incremental change is a valid script too.
+	plan := Diff(sampleTable(20), sampleTable(25))
+	loadWithNft(t, ns, Render(sampleTable(20)))
+	if err := os.WriteFile(f, []byte(plan.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "-f", f)
+	if diff := cmp.Diff(normalizeListing(Render(sampleTable(25))), listTable(t, ns, "nftproxy-test")); diff != "" {
+		// Render and nft's listing differ only in formatting nft normalises;
+		// compare through nft itself.
+		other := testnet.NewNS(t, "chk2")
+		loadWithNft(t, other, Render(sampleTable(25)))
+		if diff := cmp.Diff(listTable(t, other, "nftproxy-test"), listTable(t, ns, "nftproxy-test")); diff != "" {
+			t.Fatalf("plan text applied by nft does not give the wanted table:\n%s", diff)
+		}
+	}
+}
+
+func TestApplyRefusedLeavesTableIntact(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx := context.Background()
+	ns := testnet.NewNS(t, "atom")
+	k := NewKernel(WithNetNS(ns.Fd()))
+	first := sampleTable(30)
+	if err := k.Apply(ctx, FullPlan(first)); err != nil {
+		t.Fatal(err)
+	}
+	before := ns.Run(t, "nft", "list", "table", "inet", first.Name)
+
+	// A plan with many good changes and one element pointing at a chain that
+	// does not exist: the kernel must refuse all of it.
+	broken := sampleTable(40)
+	broken.Set("service-ips").AddElement(Element{
+		Key:     []Datum{Addr(netip.MustParseAddr("10.97.0.1")), Proto(ProtoTCP), Port(443)},
+		Verdict: ptr(Goto("no-such-chain")),
+	})
+	err := k.Apply(ctx, Diff(first, broken))
+	var refused *RefusedError
+	if !errors.As(err, &refused) {
+		t.Fatalf("got error %v, want a RefusedError", err)
+	}
+	if !IsNotFound(err) || !strings.Contains(err.Error(), "service-ips") {
+		t.Errorf("error %q should be ENOENT and name the set", err)
+	}
+	if errors.Is(err, ErrOutcomeUnknown) {
+		t.Errorf("a refused transaction has a known outcome: %v", err)
+	}
+	if after := ns.Run(t, "nft", "list", "table", "inet", first.Name); after != before {
+		t.Fatalf("refused transaction changed the table:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	// A full replace fails the same way, before touching anything.
+	if err := k.Apply(ctx, FullPlan(broken)); err == nil {
+		t.Fatal("full plan with a dangling verdict was applied")
+	}
+	if after := ns.Run(t, "nft", "list", "table", "inet", first.Name); after != before {
+		t.Fatal("refused full plan changed the table")
+	}
+}
+
+func TestApplyLargeTransaction(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx := context.Background()
+	ns := testnet.NewNS(t, "big")
+	k := NewKernel(WithNetNS(ns.Fd()))
+	// 10,000 verdict map elements with comments (~1 MB) and 20,000 endpoint
+	// elements: far past one 64 KiB attribute and the default 208 KiB socket
+	// buffer.
+	big := sampleTable(10000)
+	if err := k.Apply(ctx, FullPlan(big)); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	for _, name := range []string{"service-ips", "service-endpoints"} {
+		got, err := k.ReadElements(big.Name, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := len(big.Set(name).Elements); len(got) != want {
+			t.Errorf("%s holds %d elements, want %d", name, len(got), want)
+		}
+	}
+	// Deleting them all is one message list of the same size.
+	if err := k.Apply(ctx, Diff(big, sampleTable(0))); err != nil {
+		t.Fatalf("delete 30,000 elements: %v", err)
+	}
+}
+
+func TestReadElementsDecodesVerdicts(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "read")
+	k := NewKernel(WithNetNS(ns.Fd()))
+	tbl := sampleTable(6)
+	if err := k.Apply(context.Background(), FullPlan(tbl)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := k.ReadElements(tbl.Name, "service-ips")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]Verdict{}
+	for _, e := range tbl.Set("service-ips").Elements {
+		want[string(e.keyBytes())] = *e.Verdict
+	}
+	if len(got) != len(want) {
+		t.Fatalf("read %d elements, want %d", len(got), len(want))
+	}
+	for _, e := range got {
+		if e.Verdict == nil {
+			t.Fatalf("element %x: verdict not decoded (value %x)", e.Key, e.Value)
+		}
+		if w := want[string(e.Key)]; *e.Verdict != w {
+			t.Errorf("element %x: verdict %v, want %v", e.Key, *e.Verdict, w)
+		}
+	}
+}
+
+func TestAckOverflowIsOutcomeUnknown(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "nobuf")
+	// A receive buffer far too small for one ack per message.
+	k := NewKernel(WithNetNS(ns.Fd()), WithReceiveBuffer(1024))
+	tbl := NewTable(FamilyINet, "nftproxy-test")
+	for i := range 400 {
+		c := tbl.AddChain(&Chain{Name: fmt.Sprintf("chain-%d", i)})
+		c.AddRule(Accept)
+	}
+	err := k.Apply(context.Background(), FullPlan(tbl))
+	if !errors.Is(err, ErrOutcomeUnknown) {
+		t.Fatalf("got %v, want ErrOutcomeUnknown", err)
+	}
+	// The kernel did commit: the caller must not assume either way, which is
+	// why it resyncs fully.
+	if !strings.Contains(ns.Run(t, "nft", "list", "chain", "inet", tbl.Name, "chain-399"), "accept") {
+		t.Fatal("expected the transaction to have been committed despite the lost acks")
+	}
+}
