@@ -1,0 +1,250 @@
+package proxier
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+	"k8s.io/utils/ptr"
+
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+func TestBuildElements(t *testing.T) {
+	web := makeService("default", "web", "10.96.0.10")
+	webSlice := makeSlice("default", "web", "web-1", 8080, ep("10.244.1.7"), ep("10.244.1.5"), ep("10.244.2.6"))
+	cases := []struct {
+		name   string
+		cfg    func(*Config)
+		state  State
+		set    string
+		want   []string
+	}{{
+		name:  "a ClusterIP service dispatches to the chain for its endpoint count",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "service-ips-v4",
+		want:  []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-3`},
+	}, {
+		name:  "endpoints fill one slot each, in address order",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "service-endpoints-v4",
+		want:  epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.7 . 8080", "10.244.2.6 . 8080"),
+	}, {
+		name:  "a service without endpoints is rejected",
+		state: State{Services: []*v1.Service{web}},
+		set:   "service-ips-v4",
+		want:  []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto reject-chain`},
+	}, {
+		name: "endpoints that are not ready are not used",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6", notReady)),
+		}},
+		set:  "service-endpoints-v4",
+		want: epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080"),
+	}, {
+		name: "with no ready endpoint, serving terminating ones are used",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5", notReady), ep("10.244.1.6", terminatingServing), ep("10.244.1.7", terminatingNotServing)),
+		}},
+		set:  "service-endpoints-v4",
+		want: epElems("10.96.0.10", "tcp", 80, "10.244.1.6 . 8080"),
+	}, {
+		name: "endpoints of all slices are merged and an endpoint in two slices counts once",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")),
+			makeSlice("default", "web", "web-2", 8080, ep("10.244.1.6"), ep("10.244.1.9")),
+			makeSlice("other", "web", "web-3", 8080, ep("10.244.3.3")),
+		}},
+		set:  "service-endpoints-v4",
+		want: epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.6 . 8080", "10.244.1.9 . 8080"),
+	}, {
+		name: "slice ports are matched to service ports by name and protocol",
+		state: State{
+			Services: []*v1.Service{makeService("kube-system", "dns", "10.96.0.53", withPorts(
+				v1.ServicePort{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53},
+				v1.ServicePort{Name: "dns-tcp", Protocol: v1.ProtocolTCP, Port: 53}))},
+			EndpointSlices: []*discoveryv1.EndpointSlice{{
+				ObjectMeta:  metaWithService("kube-system", "dns-1", "dns"),
+				AddressType: discoveryv1.AddressTypeIPv4,
+				Endpoints:   []discoveryv1.Endpoint{ep("10.244.1.2")},
+				Ports: []discoveryv1.EndpointPort{
+					{Name: ptr.To("dns-tcp"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](5353)},
+					{Name: ptr.To("dns"), Protocol: ptr.To(v1.ProtocolUDP), Port: ptr.To[int32](5300)},
+				},
+			}},
+		},
+		set: "service-endpoints-v4",
+		want: []string{
+			"10.96.0.53 . tcp . 53 . 0 : 10.244.1.2 . 5353",
+			"10.96.0.53 . udp . 53 . 0 : 10.244.1.2 . 5300",
+		},
+	}, {
+		name:  "a NodePort is dispatched by protocol and port, masqueraded and load balanced",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withNodePort(30080))}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "service-nodeports-v4",
+		want:  []string{`tcp . 30080 comment "default/web:http" : goto lb-nodeport-v4-3`},
+	}, {
+		name: "load balancer ingress IPs are external destinations, except ipMode Proxy",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080,
+			v1.LoadBalancerIngress{IP: "203.0.113.10"},
+			v1.LoadBalancerIngress{IP: "203.0.113.11", IPMode: ptr.To(v1.LoadBalancerIPModeProxy)},
+			v1.LoadBalancerIngress{Hostname: "lb.example.com"}))},
+			EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set: "service-ips-v4",
+		want: []string{
+			`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-3`,
+			`203.0.113.10 . tcp . 80 comment "default/web:http" : goto lb-external-v4-3`,
+		},
+	}, {
+		name:  "external IPs are external destinations with their own endpoint slots",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withExternalIPs("198.51.100.7", "not-an-ip"))}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "service-endpoints-v4",
+		want: slices.Concat(
+			epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.7 . 8080", "10.244.2.6 . 8080"),
+			epElems("198.51.100.7", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.7 . 8080", "10.244.2.6 . 8080")),
+	}, {
+		name: "ExternalName and headless services and services of another proxy are skipped",
+		state: State{Services: []*v1.Service{
+			{ObjectMeta: metaWithService("default", "ext", ""), Spec: v1.ServiceSpec{Type: v1.ServiceTypeExternalName, ExternalName: "example.com"}},
+			makeService("default", "db", v1.ClusterIPNone),
+			makeService("default", "other", "10.96.0.77", withLabel(labelServiceProxyName, "someone-else")),
+			makeService("default", "web", "10.96.0.10"),
+		}},
+		set:  "service-ips-v4",
+		want: []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto reject-chain`},
+	}, {
+		name: "a service labelled for this proxy is proxied",
+		cfg:  func(c *Config) { c.ServiceProxyName = "nftproxy" },
+		state: State{Services: []*v1.Service{
+			makeService("default", "mine", "10.96.0.77", withLabel(labelServiceProxyName, "nftproxy")),
+		}},
+		set:  "service-ips-v4",
+		want: []string{`10.96.0.77 . tcp . 80 comment "default/mine:http" : goto reject-chain`},
+	}, {
+		name: "invalid objects are skipped and the rest is kept",
+		state: State{Services: []*v1.Service{
+			makeService("default", "bad-ip", "10.96.0.300"),
+			makeService("default", "bad-port", "10.96.0.11", withPorts(v1.ServicePort{Name: "x", Protocol: "ICMP", Port: 1})),
+			web,
+		}, EndpointSlices: []*discoveryv1.EndpointSlice{makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("garbage"), ep("fd00::1"))}},
+		set:  "service-endpoints-v4",
+		want: epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080"),
+	}, {
+		name: "a NodePort used twice is kept for the first service only",
+		state: State{Services: []*v1.Service{
+			makeService("a", "first", "10.96.0.1", withNodePort(30000)),
+			makeService("b", "second", "10.96.0.2", withNodePort(30000)),
+		}},
+		set:  "service-nodeports-v4",
+		want: []string{`tcp . 30000 comment "a/first:http" : goto reject-chain`},
+	}, {
+		name:  "NodePorts listen on the node's InternalIPs by default",
+		state: State{Node: makeNode("node-a", "192.168.50.10")},
+		set:   "nodeport-ips-v4",
+		want:  []string{"192.168.50.10"},
+	}, {
+		name: "--nodeport-addresses CIDRs select among node and host addresses",
+		cfg: func(c *Config) {
+			c.NodePortAddresses = []string{"192.168.60.0/24", "127.0.0.0/8"}
+			c.LocalAddrs = []netip.Addr{netip.MustParseAddr("192.168.60.4"), netip.MustParseAddr("127.0.0.1")}
+		},
+		state: State{Node: makeNode("node-a", "192.168.50.10")},
+		set:   "nodeport-ips-v4",
+		want:  []string{"192.168.60.4"},
+	}, {
+		name:  "each endpoint of a service is a possible hairpin",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "hairpin-connections-v4",
+		want: []string{
+			"10.244.1.5 . 10.244.1.5 . tcp . 8080",
+			"10.244.1.7 . 10.244.1.7 . tcp . 8080",
+			"10.244.2.6 . 10.244.2.6 . tcp . 8080",
+		},
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := testConfig()
+			if tc.cfg != nil {
+				tc.cfg(&cfg)
+			}
+			tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, tc.state)
+			if err := tbl.Validate(); err != nil {
+				t.Fatalf("built an invalid table: %v", err)
+			}
+			if diff := cmp.Diff(tc.want, elements(tbl, tc.set)); diff != "" {
+				t.Errorf("elements of %s (-want +got):\n%s", tc.set, diff)
+			}
+		})
+	}
+}
+
+func TestBuildChains(t *testing.T) {
+	state := State{
+		Services: []*v1.Service{
+			makeService("default", "web", "10.96.0.10", withNodePort(30080), withExternalIPs("198.51.100.7")),
+			makeService("default", "one", "10.96.0.11"),
+		},
+		EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")),
+			makeSlice("default", "one", "one-1", 8080, ep("10.244.1.9")),
+		},
+	}
+	tbl := Build(klog.Background(), testConfig(), state)
+	wantChains := []string{
+		"lb-v4-1", "lb-v4-2", "lb-external-v4-2", "lb-nodeport-v4-2",
+		"reject-chain", "services", "masquerading", "nat-prerouting", "nat-output", "nat-postrouting",
+	}
+	if diff := cmp.Diff(wantChains, chainNames(tbl)); diff != "" {
+		t.Errorf("chains (-want +got):\n%s", diff)
+	}
+	checks := map[string][]string{
+		"lb-v4-2":          {"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v4"},
+		"lb-external-v4-2": {"meta mark set meta mark | 0x00004000 goto lb-v4-2"},
+		"lb-nodeport-v4-2": {"meta mark set meta mark | 0x00004000", "dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"},
+		"reject-chain":     {"meta l4proto tcp reject with tcp reset", "reject"},
+		"services": {
+			`ip daddr @cluster-ips-v4 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000 comment "masquerade off-cluster traffic to ClusterIPs"`,
+			"ip daddr . meta l4proto . th dport vmap @service-ips-v4",
+			"ip daddr @nodeport-ips-v4 meta l4proto . th dport vmap @service-nodeports-v4",
+		},
+		"masquerading": {
+			"meta mark & 0x00004000 != 0x00000000 meta mark set meta mark ^ 0x00004000 masquerade fully-random",
+			"ct status dnat ip saddr . ip daddr . meta l4proto . th dport @hairpin-connections-v4 masquerade fully-random",
+		},
+		"nat-prerouting":  {"jump services"},
+		"nat-postrouting": {"jump masquerading"},
+	}
+	for chain, want := range checks {
+		if diff := cmp.Diff(want, rules(tbl, chain)); diff != "" {
+			t.Errorf("rules of %s (-want +got):\n%s", chain, diff)
+		}
+	}
+
+	cfg := testConfig()
+	cfg.MasqueradeAll = true
+	all := Build(klog.Background(), cfg, state)
+	if got := rules(all, "services")[0]; got != `ip daddr @cluster-ips-v4 meta mark set meta mark | 0x00004000 comment "masquerade all traffic to ClusterIPs"` {
+		t.Errorf("with --masquerade-all, first services rule is %q", got)
+	}
+}
+
+func TestBuildIsDeterministic(t *testing.T) {
+	var state State
+	for i := range 50 {
+		name := string(rune('a'+i%26)) + string(rune('a'+i/26))
+		ip := netip.AddrFrom4([4]byte{10, 96, 1, byte(i)}).String()
+		state.Services = append(state.Services, makeService("ns", name, ip))
+		state.EndpointSlices = append(state.EndpointSlices, makeSlice("ns", name, name+"-1", 80, ep("10.244.1.1"), ep("10.244.1.2")))
+	}
+	first := nft.Render(Build(klog.Background(), testConfig(), state))
+	slices.Reverse(state.Services)
+	slices.Reverse(state.EndpointSlices)
+	if diff := cmp.Diff(first, nft.Render(Build(klog.Background(), testConfig(), state))); diff != "" {
+		t.Fatalf("input order changed the table:\n%s", diff)
+	}
+}

@@ -1,0 +1,95 @@
+// Package proxier turns Services, EndpointSlices and the Node into the
+// nftables table nftproxy wants (a value, built by pure functions), and runs
+// the sync loop that programs it. It never talks to the kernel itself: it
+// hands plans to an nft.Interface.
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// TableName is the one table nftproxy owns.
+const TableName = "nftproxy"
+
+// Config is everything besides the API objects that shapes the rules.
+type Config struct {
+	// NodeName is this node's name (--hostname-override).
+	NodeName string
+	// NodeIPs, when set (--node-ip), replace the addresses read from the Node.
+	NodeIPs []netip.Addr
+	// LocalAddrs are the addresses configured on this host's interfaces, the
+	// candidates for --nodeport-addresses CIDRs besides the Node's addresses.
+	LocalAddrs []netip.Addr
+	// ClusterCIDRs are the pod networks (--cluster-cidr). Traffic from
+	// outside them to a ClusterIP is masqueraded.
+	ClusterCIDRs []netip.Prefix
+	// NodePortAddresses selects the addresses NodePorts listen on
+	// (--nodeport-addresses): CIDRs and/or "primary" (the node's
+	// InternalIPs). Empty means primary, as in kube-proxy's nftables mode.
+	NodePortAddresses []string
+	// MasqueradeAll masquerades all traffic to ClusterIPs.
+	MasqueradeAll bool
+	// MasqueradeBit is the bit of the packet mark that asks for masquerade
+	// (kube-proxy's default is 14).
+	MasqueradeBit int
+	// ServiceProxyName: Services labelled service.kubernetes.io/service-proxy-name
+	// are proxied only when the label equals it.
+	ServiceProxyName string
+	// MinSyncPeriod bounds how often the rules are synced; SyncPeriod is the
+	// interval of the full resync that checks the kernel for drift.
+	MinSyncPeriod, SyncPeriod time.Duration
+}
+
+// DefaultConfig returns kube-proxy's defaults.
+func DefaultConfig() Config {
+	return Config{MasqueradeBit: 14, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+}
+
+// nodePortAddressPrimary is the --nodeport-addresses keyword for the node's
+// primary (InternalIP) addresses.
+const nodePortAddressPrimary = "primary"
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	if c.NodeName == "" {
+		return fmt.Errorf("node name is empty")
+	}
+	if c.MasqueradeBit < 0 || c.MasqueradeBit > 31 {
+		return fmt.Errorf("masquerade bit %d: must be 0..31", c.MasqueradeBit)
+	}
+	for _, a := range c.NodePortAddresses {
+		if a == nodePortAddressPrimary {
+			continue
+		}
+		if _, err := netip.ParsePrefix(a); err != nil {
+			return fmt.Errorf("nodeport address %q: not %q or a CIDR", a, nodePortAddressPrimary)
+		}
+	}
+	if c.MinSyncPeriod < 0 || c.SyncPeriod <= 0 {
+		return fmt.Errorf("sync periods must be positive (min %v, full %v)", c.MinSyncPeriod, c.SyncPeriod)
+	}
+	return nil
+}
+
+func (c Config) masqueradeMark() uint32 { return 1 << uint(c.MasqueradeBit) }
+
+// ParseNodePortAddresses splits and checks a --nodeport-addresses value.
+func ParseNodePortAddresses(values []string) ([]string, error) {
+	var out []string
+	for _, v := range values {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if v != nodePortAddressPrimary {
+			if _, err := netip.ParsePrefix(v); err != nil {
+				return nil, fmt.Errorf("nodeport address %q: not %q or a CIDR", v, nodePortAddressPrimary)
+			}
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}

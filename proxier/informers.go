@@ -1,0 +1,121 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+)
+
+// Watch feeds the Proxier from shared informers on Services, EndpointSlices
+// and this node, then runs the sync loop once they have synced. It blocks
+// until ctx ends.
+func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error {
+	logger := klog.FromContext(ctx)
+	// Filter on the server what kube-proxy ignores: services meant for
+	// another proxy, and slices of headless services.
+	proxyName, err := serviceSelector(p.cfg.ServiceProxyName)
+	if err != nil {
+		return err
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = proxyName.String() }))
+	sliceFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "!" + v1.IsHeadlessService }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", p.cfg.NodeName).String()
+		}))
+
+	svcInformer := factory.Core().V1().Services().Informer()
+	sliceInformer := sliceFactory.Discovery().V1().EndpointSlices().Informer()
+	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	handlers := []struct {
+		informer cache.SharedIndexInformer
+		set      func(obj any)
+		del      func(key types.NamespacedName)
+	}{
+		{svcInformer, func(o any) {
+			if s, ok := o.(*v1.Service); ok {
+				p.SetService(s)
+			}
+		}, p.DeleteService},
+		{sliceInformer, func(o any) {
+			if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+				p.SetEndpointSlice(s)
+			}
+		}, p.DeleteEndpointSlice},
+		{nodeInformer, func(o any) {
+			if n, ok := o.(*v1.Node); ok {
+				p.SetNode(n)
+			}
+		}, func(types.NamespacedName) { p.SetNode(nil) }},
+	}
+	for _, h := range handlers {
+		_, err := h.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    h.set,
+			UpdateFunc: func(_, o any) { h.set(o) },
+			DeleteFunc: func(o any) {
+				if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+					o = d.Obj
+				}
+				if m, err := metaKey(o); err == nil {
+					h.del(m)
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+	}
+	for _, f := range []informers.SharedInformerFactory{factory, sliceFactory, nodeFactory} {
+		f.Start(ctx.Done())
+		defer f.Shutdown()
+	}
+	logger.Info("Waiting for caches to sync")
+	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+		return fmt.Errorf("wait for informer caches: %w", ctx.Err())
+	}
+	p.Run(ctx)
+	return nil
+}
+
+func metaKey(o any) (types.NamespacedName, error) {
+	m, err := metaAccessor(o)
+	if err != nil {
+		return types.NamespacedName{}, err
+	}
+	return types.NamespacedName{Namespace: m.GetNamespace(), Name: m.GetName()}, nil
+}
+
+func metaAccessor(o any) (metav1.Object, error) {
+	m, ok := o.(metav1.Object)
+	if !ok {
+		return nil, fmt.Errorf("object %T has no metadata", o)
+	}
+	return m, nil
+}
+
+// serviceSelector selects the services kube-proxy would proxy: without the
+// service-proxy-name label, or with it naming us.
+func serviceSelector(proxyName string) (labels.Selector, error) {
+	op, vals := selection.DoesNotExist, []string(nil)
+	if proxyName != "" {
+		op, vals = selection.Equals, []string{proxyName}
+	}
+	byName, err := labels.NewRequirement(labelServiceProxyName, op, vals)
+	if err != nil {
+		return nil, fmt.Errorf("service proxy name %q: %w", proxyName, err)
+	}
+	return labels.NewSelector().Add(*byName), nil
+}

@@ -1,0 +1,212 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+// syncKey is the only workqueue key: every change asks for the same sync,
+// so bursts coalesce into one.
+const syncKey = "sync"
+
+// Proxier keeps the objects it was told about and syncs the kernel to them.
+// Event handlers only record and signal; one worker builds, diffs and
+// applies.
+type Proxier struct {
+	cfg    Config
+	kernel nft.Interface
+
+	mu             sync.Mutex
+	services       map[types.NamespacedName]*v1.Service
+	endpointSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
+	node           *v1.Node
+	// Changes recorded since the last sync, for the sync's log line.
+	serviceChanges, sliceChanges int
+	fullPending                  bool
+
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	// Owned by the sync worker.
+	have     *nft.Table // what the kernel holds, as last committed; nil = unknown
+	lastSync time.Time
+}
+
+// New returns a Proxier that programs kernel.
+func New(cfg Config, kernel nft.Interface) (*Proxier, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid proxier config: %w", err)
+	}
+	retryMax := max(cfg.SyncPeriod, time.Second)
+	return &Proxier{
+		cfg:            cfg,
+		kernel:         kernel,
+		services:       map[types.NamespacedName]*v1.Service{},
+		endpointSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		// A failed apply is retried with exponential backoff, from half a
+		// second up to the sync period.
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, retryMax),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "nftproxy"}),
+	}, nil
+}
+
+// SetService records a Service (added or updated).
+func (p *Proxier) SetService(svc *v1.Service) {
+	p.mu.Lock()
+	p.services[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = svc
+	p.serviceChanges++
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
+// DeleteService forgets a Service.
+func (p *Proxier) DeleteService(key types.NamespacedName) {
+	p.mu.Lock()
+	delete(p.services, key)
+	p.serviceChanges++
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
+// SetEndpointSlice records an EndpointSlice (added or updated).
+func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
+	p.mu.Lock()
+	p.endpointSlices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+	p.sliceChanges++
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
+// DeleteEndpointSlice forgets an EndpointSlice.
+func (p *Proxier) DeleteEndpointSlice(key types.NamespacedName) {
+	p.mu.Lock()
+	delete(p.endpointSlices, key)
+	p.sliceChanges++
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
+// SetNode records this node (nil when it was deleted).
+func (p *Proxier) SetNode(node *v1.Node) {
+	p.mu.Lock()
+	p.node = node
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
+// Run syncs until ctx ends: after changes (at most once per MinSyncPeriod),
+// on retries after failures, and every SyncPeriod for a full resync that
+// checks the kernel still holds what nftproxy committed. Call it once the
+// informers feeding the Proxier have synced, so the first sync, which
+// replaces any table a previous run left in one transaction, sees every
+// object.
+func (p *Proxier) Run(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	defer p.queue.ShutDown()
+	go func() {
+		<-ctx.Done()
+		p.queue.ShutDown()
+	}()
+	go func() {
+		t := time.NewTicker(p.cfg.SyncPeriod)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				p.mu.Lock()
+				p.fullPending = true
+				p.mu.Unlock()
+				p.queue.Add(syncKey)
+			}
+		}
+	}()
+	p.queue.Add(syncKey)
+	logger.Info("Starting sync loop", "minSyncPeriod", p.cfg.MinSyncPeriod, "syncPeriod", p.cfg.SyncPeriod)
+	for p.processNext(ctx) {
+	}
+	logger.Info("Stopped sync loop")
+}
+
+func (p *Proxier) processNext(ctx context.Context) bool {
+	key, quit := p.queue.Get()
+	if quit {
+		return false
+	}
+	defer p.queue.Done(key)
+	if wait := p.cfg.MinSyncPeriod - time.Since(p.lastSync); wait > 0 {
+		p.queue.AddAfter(key, wait)
+		return true
+	}
+	if err := p.Sync(ctx); err != nil {
+		klog.FromContext(ctx).Error(err, "Sync failed; the previous rules stay in place, retrying", "retries", p.queue.NumRequeues(key))
+		p.queue.AddRateLimited(key)
+		return true
+	}
+	p.queue.Forget(key)
+	return true
+}
+
+// Sync builds the wanted table from the recorded objects and applies the
+// difference to what the kernel holds. On failure the kernel keeps its
+// previous table, and the next sync replaces the whole table, since after
+// some failures nftproxy cannot know what the kernel holds.
+func (p *Proxier) Sync(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	p.lastSync = start
+
+	p.mu.Lock()
+	st := State{Node: p.node}
+	for _, s := range p.services {
+		st.Services = append(st.Services, s)
+	}
+	for _, s := range p.endpointSlices {
+		st.EndpointSlices = append(st.EndpointSlices, s)
+	}
+	full := p.fullPending || p.have == nil
+	p.fullPending = false
+	svcChanges, sliceChanges := p.serviceChanges, p.sliceChanges
+	p.serviceChanges, p.sliceChanges = 0, 0
+	p.mu.Unlock()
+	// Map order does not matter: Build sorts what it reads.
+	want := Build(logger, p.cfg, st)
+	if full && p.have != nil {
+		ok, err := p.kernel.Check(ctx, p.have)
+		if err != nil || !ok {
+			logger.Info("Kernel table differs from what was committed; replacing it", "err", err)
+			p.have = nil
+		}
+	}
+	plan := nft.Diff(p.have, want)
+	if err := p.kernel.Apply(ctx, plan); err != nil {
+		p.have = nil
+		return fmt.Errorf("sync rules: %w", err)
+	}
+	p.have = plan.Committed()
+	if len(p.have.Chains) != len(want.Chains) {
+		// Stale chains were flushed; delete them in a sync of their own.
+		p.queue.AddAfter(syncKey, time.Second)
+	}
+	stats, counts := plan.Stats(), want.Count()
+	logger.V(2).Info("Synced rules", "elapsed", time.Since(start), "replace", plan.Replace,
+		"serviceChanges", svcChanges, "endpointSliceChanges", sliceChanges,
+		"services", len(st.Services), "chains", counts.Chains, "elements", counts.Elements,
+		"elementsAdded", stats.ElementsAdded, "elementsDeleted", stats.ElementsDeleted,
+		"chainsFlushed", stats.ChainsFlushed, "rulesAdded", stats.RulesAdded)
+	if logger.V(9).Enabled() {
+		logger.V(9).Info("Applied transaction", "plan", plan.String())
+	}
+	return nil
+}

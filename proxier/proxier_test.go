@@ -1,0 +1,159 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+func newTestProxier(t *testing.T, kernel nft.Interface, edit func(*Config)) *Proxier {
+	t.Helper()
+	cfg := testConfig()
+	cfg.MinSyncPeriod = 0
+	if edit != nil {
+		edit(&cfg)
+	}
+	p, err := New(cfg, kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSyncAppliesChangesIncrementally(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, nil)
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5")))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !fake.LastPlan().Replace {
+		t.Error("the first sync must replace whatever table exists")
+	}
+
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	plan := fake.LastPlan()
+	if plan.Replace {
+		t.Fatalf("an endpoint change replaced the table:\n%s", plan)
+	}
+	// The service moves from lb-v4-1 to the new lb-v4-2 and gains one slot;
+	// lb-v4-1, now unused, is flushed (and deleted by the next sync).
+	want := nft.Stats{Ops: 7, ChainsAdded: 1, ChainsFlushed: 1, RulesAdded: 1, ElementsAdded: 3, ElementsDeleted: 1}
+	if got := plan.Stats(); got != want {
+		t.Errorf("plan stats %+v, want %+v\n%s", got, want, plan)
+	}
+
+	p.DeleteService(types.NamespacedName{Namespace: "default", Name: "web"})
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := elements(fake.Table, "service-ips-v4"); got != nil {
+		t.Errorf("deleted service still programmed: %v", got)
+	}
+}
+
+func TestFailedApplyIsRetriedWithFullReplace(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var failures atomic.Int32
+	fake := &nft.Fake{Fail: func(*nft.Plan) error {
+		if failures.Add(1) <= 2 {
+			return errors.New("injected: kernel refused the transaction")
+		}
+		return nil
+	}}
+	p := newTestProxier(t, fake, nil)
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	eventually(t, "the rules to be applied after two failures", func() bool { return fake.LastPlan() != nil })
+	if fake.Attempts != 3 {
+		t.Errorf("applied after %d attempts, want 3", fake.Attempts)
+	}
+	if !fake.LastPlan().Replace {
+		t.Error("after a failed apply the next sync must replace the whole table")
+	}
+	cancel()
+	<-done
+}
+
+func TestPeriodicResyncRepairsDrift(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, func(c *Config) { c.SyncPeriod = 100 * time.Millisecond })
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	eventually(t, "the first sync", func() bool { return fake.LastPlan() != nil })
+
+	// Someone flushes a chain behind nftproxy's back.
+	tampered := *fake.Table
+	tampered.Chains = append([]*nft.Chain{{Name: "services"}}, fake.Table.Chains...)[:len(fake.Table.Chains)]
+	for i, c := range fake.Table.Chains {
+		if c.Name == "services" {
+			tampered.Chains[i] = &nft.Chain{Name: "services"}
+		} else {
+			tampered.Chains[i] = c
+		}
+	}
+	plans := len(fake.Plans)
+	fake.Table = &tampered
+	eventually(t, "a repairing full replace", func() bool {
+		last := fake.LastPlan()
+		return len(fake.Plans) > plans && last.Replace
+	})
+	if got := len(fake.Table.Chain("services").Rules); got == 0 {
+		t.Error("services chain still empty after repair")
+	}
+	cancel()
+	<-done
+}
+
+func TestStaleChainsAreDeletedBySyncAfter(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, nil)
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")))
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	eventually(t, "lb-v4-2 to exist", func() bool { return fake.LastPlan() != nil && fake.Table.Chain("lb-v4-2") != nil })
+
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5")))
+	eventually(t, "lb-v4-2 to be flushed", func() bool {
+		c := fake.Table.Chain("lb-v4-2")
+		return c != nil && len(c.Rules) == 0
+	})
+	eventually(t, "lb-v4-2 to be deleted", func() bool { return fake.Table.Chain("lb-v4-2") == nil })
+	cancel()
+	<-done
+}
