@@ -157,3 +157,6 @@ func priorityName(b *BaseChain) string {
 	}
 	return fmt.Sprint(b.Priority)
 }
+
+// String renders the element as in an nft elements list.
+func (e Element) String() string { return e.render() }

@@ -19,11 +19,11 @@ func TestBuildElements(t *testing.T) {
 	web := makeService("default", "web", "10.96.0.10")
 	webSlice := makeSlice("default", "web", "web-1", 8080, ep("10.244.1.7"), ep("10.244.1.5"), ep("10.244.2.6"))
 	cases := []struct {
-		name   string
-		cfg    func(*Config)
-		state  State
-		set    string
-		want   []string
+		name  string
+		cfg   func(*Config)
+		state State
+		set   string
+		want  []string
 	}{{
 		name:  "a ClusterIP service dispatches to the chain for its endpoint count",
 		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
