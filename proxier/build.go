@@ -10,6 +10,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -23,12 +24,17 @@ type State struct {
 
 // Chains shared by both families.
 const (
-	chainServices    = "services"
-	chainMasquerade  = "masquerading"
-	chainReject      = "reject-chain" // "reject" is an nft keyword
-	chainPrerouting  = "nat-prerouting"
-	chainOutput      = "nat-output"
-	chainPostrouting = "nat-postrouting"
+	chainServices        = "services"
+	chainMasquerade      = "masquerading"
+	chainReject          = "reject-chain" // "reject" is an nft keyword
+	chainServiceEPCheck  = "service-endpoints-check"
+	chainNodePortEPCheck = "nodeport-endpoints-check"
+	chainPrerouting      = "nat-prerouting"
+	chainOutput          = "nat-output"
+	chainPostrouting     = "nat-postrouting"
+	chainFilterInput     = "filter-input"
+	chainFilterForward   = "filter-forward"
+	chainFilterOutput    = "filter-output"
 )
 
 // family names the objects of one IP family. Every object that holds
@@ -44,13 +50,15 @@ var families = [2]family{{ipv6: false, suffix: "v4"}, {ipv6: true, suffix: "v6"}
 func (f family) name(base string) string { return base + "-" + f.suffix }
 
 // Sets and maps of a family.
-func (f family) clusterIPs() string        { return f.name("cluster-ips") }
-func (f family) serviceIPs() string        { return f.name("service-ips") }
-func (f family) serviceEndpoints() string  { return f.name("service-endpoints") }
-func (f family) nodePorts() string         { return f.name("service-nodeports") }
-func (f family) nodePortEndpoints() string { return f.name("nodeport-endpoints") }
-func (f family) nodePortIPs() string       { return f.name("nodeport-ips") }
-func (f family) hairpin() string           { return f.name("hairpin-connections") }
+func (f family) clusterIPs() string          { return f.name("cluster-ips") }
+func (f family) serviceIPs() string          { return f.name("service-ips") }
+func (f family) serviceEndpoints() string    { return f.name("service-endpoints") }
+func (f family) nodePorts() string           { return f.name("service-nodeports") }
+func (f family) nodePortEndpoints() string   { return f.name("nodeport-endpoints") }
+func (f family) nodePortIPs() string         { return f.name("nodeport-ips") }
+func (f family) hairpin() string             { return f.name("hairpin-connections") }
+func (f family) noEndpointServices() string  { return f.name("no-endpoint-services") }
+func (f family) noEndpointNodePorts() string { return f.name("no-endpoint-nodeports") }
 
 // Chains that pick one of n endpoints: for traffic to a service IP, for
 // external traffic (masqueraded first), and for NodePorts.
@@ -119,13 +127,14 @@ type familyBuild struct {
 	clusterIPs, nodePortIPs, hairpin      []nft.Element
 	serviceIPs, serviceEndpoints          []nft.Element
 	nodePorts, nodePortEndpoints          []nft.Element
+	noEndpointServices, noEndpointNPs     []nft.Element
 	clusterCIDRs                          []netip.Prefix
 	lbCounts, externalCounts, npCounts    map[int]bool
 	seenIPs, seenVIPs, seenNodePorts, hps map[string]bool
 }
 
 func (fb *familyBuild) empty() bool {
-	return len(fb.serviceIPs) == 0 && len(fb.nodePortIPs) == 0 && len(fb.clusterCIDRs) == 0
+	return len(fb.serviceIPs) == 0 && len(fb.noEndpointServices) == 0 && len(fb.nodePortIPs) == 0 && len(fb.clusterCIDRs) == 0
 }
 
 func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node) *familyBuild {
@@ -176,23 +185,22 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps [
 			return
 		}
 		fb.seenVIPs[id] = true
-		verdict := nft.Goto(chainReject)
-		switch {
-		case n > 0 && external:
+		if n == 0 {
+			fb.noEndpointServices = append(fb.noEndpointServices, nft.Element{Key: key, Verdict: ptr.To(nft.Goto(chainReject)), Comment: comment})
+			return
+		}
+		verdict := nft.Goto(fb.f.lbChain(n))
+		if external {
 			verdict = nft.Goto(fb.f.lbExternalChain(n))
 			fb.externalCounts[n] = true
-		case n > 0:
-			verdict = nft.Goto(fb.f.lbChain(n))
 		}
+		fb.lbCounts[n] = true
 		fb.serviceIPs = append(fb.serviceIPs, nft.Element{Key: key, Verdict: &verdict, Comment: comment})
 		for i, ep := range eps {
 			fb.serviceEndpoints = append(fb.serviceEndpoints, nft.Element{
 				Key:   append(slices.Clone(key), nft.Int(uint32(i))),
 				Value: []nft.Datum{nft.Addr(ep.addr), nft.Port(ep.port)},
 			})
-		}
-		if n > 0 {
-			fb.lbCounts[n] = true
 		}
 	}
 	addVIP(sp.clusterIP, false)
@@ -206,12 +214,12 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps [
 			logger.Info("Skipping NodePort already used by another service port", "servicePort", comment, "nodePort", sp.nodePort)
 		} else {
 			fb.seenNodePorts[id] = true
-			verdict := nft.Goto(chainReject)
-			if n > 0 {
-				verdict = nft.Goto(fb.f.lbNodePortChain(n))
+			if n == 0 {
+				fb.noEndpointNPs = append(fb.noEndpointNPs, nft.Element{Key: key, Verdict: ptr.To(nft.Goto(chainReject)), Comment: comment})
+			} else {
 				fb.npCounts[n] = true
+				fb.nodePorts = append(fb.nodePorts, nft.Element{Key: key, Verdict: ptr.To(nft.Goto(fb.f.lbNodePortChain(n))), Comment: comment})
 			}
-			fb.nodePorts = append(fb.nodePorts, nft.Element{Key: key, Verdict: &verdict, Comment: comment})
 			for i, ep := range eps {
 				fb.nodePortEndpoints = append(fb.nodePortEndpoints, nft.Element{
 					Key:   append(slices.Clone(key), nft.Int(uint32(i))),
@@ -295,6 +303,8 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 		{Name: fb.f.nodePorts(), Key: np, Verdict: true, Comment: "NodePorts", Elements: fb.nodePorts},
 		{Name: fb.f.nodePortEndpoints(), Key: append(slices.Clone(np), nft.NumgenRandom(1)), Value: dnatTo, Comment: "endpoint of each slot of a NodePort", Elements: fb.nodePortEndpoints},
 		{Name: fb.f.hairpin(), Key: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Comment: "endpoints reaching themselves through a service", Elements: fb.hairpin},
+		{Name: fb.f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without endpoints", Elements: fb.noEndpointServices},
+		{Name: fb.f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without endpoints", Elements: fb.noEndpointNPs},
 	}
 	for _, s := range sets {
 		t.AddSet(s)
@@ -332,12 +342,21 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	}
 
 	// A port without endpoints is refused at once, as kube-proxy does: TCP
-	// gets a reset, everything else an ICMP port unreachable. `reject` drops
-	// the packet, so the connection is never confirmed and the next packet is
-	// evaluated again.
+	// gets a reset, everything else an ICMP port unreachable. Like kube-proxy
+	// this happens in the filter hooks, after DNAT found nothing to do: an
+	// ICMP error for a packet rejected in prerouting was never delivered in
+	// tests on Linux 6.18.
 	rej := t.AddChain(&nft.Chain{Name: chainReject})
-	rej.AddRule(nft.Match{Field: nft.L4Proto, Value: nft.Proto(nft.ProtoTCP)}, nft.Reject{Kind: nft.RejectTCPReset})
-	rej.AddRule(nft.Reject{})
+	rej.AddRule(nft.Match{Field: nft.L4Proto, Value: nft.Proto(nft.ProtoTCP)}, nft.Counter{}, nft.Reject{Kind: nft.RejectTCPReset})
+	rej.AddRule(nft.Counter{}, nft.Reject{})
+	svcCheck := t.AddChain(&nft.Chain{Name: chainServiceEPCheck})
+	npCheck := t.AddChain(&nft.Chain{Name: chainNodePortEPCheck})
+	for _, fb := range built {
+		daddr := nft.Daddr(fb.f.ipv6)
+		svcCheck.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fb.f.noEndpointServices()})
+		npCheck.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.nodePortIPs()},
+			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fb.f.noEndpointNodePorts()})
+	}
 
 	svc := t.AddChain(&nft.Chain{Name: chainServices})
 	for _, fb := range built {
@@ -373,4 +392,16 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	nat(chainPrerouting, nft.HookPrerouting, nft.PriorityDstNAT, chainServices)
 	nat(chainOutput, nft.HookOutput, nft.PriorityDstNAT, chainServices)
 	nat(chainPostrouting, nft.HookPostrouting, nft.PrioritySrcNAT, chainMasquerade)
+
+	// New connections to service ports without endpoints: forwarded (from
+	// pods and outside), local (NodePorts on this node) and originated here.
+	filter := func(name string, hook nft.Hook, checks ...string) {
+		c := t.AddChain(&nft.Chain{Name: name, Base: &nft.BaseChain{Type: nft.ChainTypeFilter, Hook: hook, Priority: nft.PriorityFilter}})
+		for _, check := range checks {
+			c.AddRule(nft.CtStateNew{}, nft.Jump(check))
+		}
+	}
+	filter(chainFilterInput, nft.HookInput, chainNodePortEPCheck, chainServiceEPCheck)
+	filter(chainFilterForward, nft.HookForward, chainServiceEPCheck)
+	filter(chainFilterOutput, nft.HookOutput, chainNodePortEPCheck, chainServiceEPCheck)
 }

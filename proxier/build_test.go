@@ -37,7 +37,7 @@ func TestBuildElements(t *testing.T) {
 	}, {
 		name:  "a service without endpoints is rejected",
 		state: State{Services: []*v1.Service{web}},
-		set:   "service-ips-v4",
+		set:   "no-endpoint-services-v4",
 		want:  []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto reject-chain`},
 	}, {
 		name: "endpoints that are not ready are not used",
@@ -115,7 +115,7 @@ func TestBuildElements(t *testing.T) {
 			makeService("default", "other", "10.96.0.77", withLabel(labelServiceProxyName, "someone-else")),
 			makeService("default", "web", "10.96.0.10"),
 		}},
-		set:  "service-ips-v4",
+		set:  "no-endpoint-services-v4",
 		want: []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto reject-chain`},
 	}, {
 		name: "a service labelled for this proxy is proxied",
@@ -123,7 +123,7 @@ func TestBuildElements(t *testing.T) {
 		state: State{Services: []*v1.Service{
 			makeService("default", "mine", "10.96.0.77", withLabel(labelServiceProxyName, "nftproxy")),
 		}},
-		set:  "service-ips-v4",
+		set:  "no-endpoint-services-v4",
 		want: []string{`10.96.0.77 . tcp . 80 comment "default/mine:http" : goto reject-chain`},
 	}, {
 		name: "invalid objects are skipped and the rest is kept",
@@ -140,7 +140,7 @@ func TestBuildElements(t *testing.T) {
 			makeService("a", "first", "10.96.0.1", withNodePort(30000)),
 			makeService("b", "second", "10.96.0.2", withNodePort(30000)),
 		}},
-		set:  "service-nodeports-v4",
+		set:  "no-endpoint-nodeports-v4",
 		want: []string{`tcp . 30000 comment "a/first:http" : goto reject-chain`},
 	}, {
 		name:  "NodePorts listen on the node's InternalIPs by default",
@@ -197,16 +197,21 @@ func TestBuildChains(t *testing.T) {
 	tbl := Build(klog.Background(), testConfig(), state)
 	wantChains := []string{
 		"lb-v4-1", "lb-v4-2", "lb-external-v4-2", "lb-nodeport-v4-2",
-		"reject-chain", "services", "masquerading", "nat-prerouting", "nat-output", "nat-postrouting",
+		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "services", "masquerading",
+		"nat-prerouting", "nat-output", "nat-postrouting", "filter-input", "filter-forward", "filter-output",
 	}
 	if diff := cmp.Diff(wantChains, chainNames(tbl)); diff != "" {
 		t.Errorf("chains (-want +got):\n%s", diff)
 	}
 	checks := map[string][]string{
-		"lb-v4-2":          {"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v4"},
-		"lb-external-v4-2": {"meta mark set meta mark | 0x00004000 goto lb-v4-2"},
-		"lb-nodeport-v4-2": {"meta mark set meta mark | 0x00004000", "dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"},
-		"reject-chain":     {"meta l4proto tcp reject with tcp reset", "reject"},
+		"lb-v4-2":                  {"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v4"},
+		"lb-external-v4-2":         {"meta mark set meta mark | 0x00004000 goto lb-v4-2"},
+		"lb-nodeport-v4-2":         {"meta mark set meta mark | 0x00004000", "dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"},
+		"reject-chain":             {"meta l4proto tcp counter reject with tcp reset", "counter reject"},
+		"service-endpoints-check":  {"ip daddr . meta l4proto . th dport vmap @no-endpoint-services-v4"},
+		"nodeport-endpoints-check": {"ip daddr @nodeport-ips-v4 meta l4proto . th dport vmap @no-endpoint-nodeports-v4"},
+		"filter-input":             {"ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"},
+		"filter-forward":           {"ct state new jump service-endpoints-check"},
 		"services": {
 			`ip daddr @cluster-ips-v4 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000 comment "masquerade off-cluster traffic to ClusterIPs"`,
 			"ip daddr . meta l4proto . th dport vmap @service-ips-v4",

@@ -127,8 +127,13 @@ func (c *Cluster) setupLAN(t testing.TB) {
 	t.Helper()
 	cfg := c.Config
 	// Set "default" before links exist so that new links inherit it.
+	// Tests send many packets in quick succession: ICMP errors (port
+	// unreachable for rejected UDP) must not be eaten by the 1/s per-host
+	// rate limit, nor the per-host token spent on redirects for hairpin
+	// traffic leaving by the interface it came in on.
 	c.Node.Run(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+		"net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+		"net.ipv4.icmp_ratelimit=0", "net.ipv4.conf.all.send_redirects=0", "net.ipv4.conf.default.send_redirects=0")
 	c.LAN.Run(t, "ip", "link", "add", "name", "br0", "type", "bridge")
 	c.LAN.Run(t, "ip", "link", "set", "br0", "up")
 	for _, l := range []struct {

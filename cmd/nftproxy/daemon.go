@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier"
+)
+
+func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
+	rules := addRuleFlags(fs)
+	def := proxier.DefaultConfig()
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
+	master := fs.String("master", "", "API server address (overrides the kubeconfig)")
+	hostname := fs.String("hostname-override", "", "this node's name (default: the host name)")
+	minSync := fs.Duration("min-sync-period", def.MinSyncPeriod, "minimum interval between syncs")
+	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
+	return func(ctx context.Context) error {
+		nodeName := *hostname
+		if nodeName == "" {
+			h, err := os.Hostname()
+			if err != nil {
+				return fmt.Errorf("get host name: %w", err)
+			}
+			nodeName = strings.ToLower(h)
+		}
+		cfg, err := rules.config(nodeName)
+		if err != nil {
+			return err
+		}
+		cfg.MinSyncPeriod, cfg.SyncPeriod = *minSync, *syncPeriod
+		if cfg.LocalAddrs, err = localAddrs(); err != nil {
+			return err
+		}
+		restCfg, err := clientcmd.BuildConfigFromFlags(*master, *kubeconfig)
+		if err != nil {
+			return fmt.Errorf("load client configuration: %w", err)
+		}
+		restCfg.UserAgent = "nftproxy"
+		client, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("create client: %w", err)
+		}
+		p, err := proxier.New(cfg, nft.NewKernel())
+		if err != nil {
+			return err
+		}
+		return p.Watch(ctx, client)
+	}
+}
+
+// localAddrs returns the host's interface addresses, candidates for
+// --nodeport-addresses CIDRs.
+func localAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("list interface addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out, nil
+}

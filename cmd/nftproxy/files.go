@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier"
+	"github.com/nftproxy/nftproxy/proxier/objects"
+)
+
+// fileFlags are the flags of the commands that read objects from files.
+type fileFlags struct {
+	objects  listFlag
+	hostname string
+	rules    *ruleFlags
+}
+
+func addFileFlags(fs *flag.FlagSet) *fileFlags {
+	ff := &fileFlags{rules: addRuleFlags(fs)}
+	fs.Var(&ff.objects, "objects", "files or folders of Service, EndpointSlice and Node objects (YAML or JSON), comma-separated or repeated")
+	fs.StringVar(&ff.hostname, "hostname", "", "name of this node among the Node objects (its addresses are the node IPs unless --node-ip is given)")
+	return ff
+}
+
+// build reads the objects and builds the table they give.
+func (ff *fileFlags) build(ctx context.Context) (*nft.Table, error) {
+	if len(ff.objects) == 0 {
+		return nil, fmt.Errorf("no --objects given")
+	}
+	set, err := objects.Load(ff.objects)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ff.rules.config(ff.hostname)
+	if err != nil {
+		return nil, err
+	}
+	var node *v1.Node
+	if ff.hostname != "" {
+		for _, n := range set.Nodes {
+			if n.Name == ff.hostname {
+				node = n
+			}
+		}
+		if node == nil && len(cfg.NodeIPs) == 0 {
+			return nil, fmt.Errorf("no Node %q among the objects, and no --node-ip", ff.hostname)
+		}
+	}
+	t := proxier.Build(klog.FromContext(ctx), cfg, proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node})
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("built an invalid table (a bug): %w", err)
+	}
+	return t, nil
+}
+
+func dumpFlags(fs *flag.FlagSet) func(ctx context.Context) error {
+	ff := addFileFlags(fs)
+	return func(ctx context.Context) error {
+		t, err := ff.build(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprint(os.Stdout, nft.RenderReplace(t))
+		return err
+	}
+}
+
+func syncFlags(fs *flag.FlagSet) func(ctx context.Context) error {
+	ff := addFileFlags(fs)
+	once := fs.Bool("once", false, "sync once and exit (required: without an API server there is nothing to watch)")
+	return func(ctx context.Context) error {
+		if !*once {
+			return fmt.Errorf("only --once is supported; use `nftproxy run` for a daemon")
+		}
+		t, err := ff.build(ctx)
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		// One transaction replaces whatever table exists: traffic never sees
+		// an empty or half-written table.
+		if err := nft.NewKernel().Apply(ctx, nft.FullPlan(t)); err != nil {
+			return err
+		}
+		c := t.Count()
+		klog.FromContext(ctx).Info("Programmed the kernel", "table", t.Name, "elapsed", time.Since(start),
+			"chains", c.Chains, "rules", c.Rules, "sets", c.Sets, "elements", c.Elements)
+		return nil
+	}
+}
+
+func cleanupFlags(fs *flag.FlagSet) func(ctx context.Context) error {
+	return func(ctx context.Context) error {
+		if err := nft.NewKernel().Delete(ctx, nft.FamilyINet, proxier.TableName); err != nil {
+			return fmt.Errorf("delete table %s: %w", proxier.TableName, err)
+		}
+		return nil
+	}
+}

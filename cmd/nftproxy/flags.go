@@ -1,0 +1,77 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/nftproxy/nftproxy/proxier"
+)
+
+// listFlag is a comma-separated list flag that may also be repeated, like
+// kube-proxy's.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// ruleFlags are the flags that shape the rules, shared by every command that
+// builds them, so that dump shows exactly what the daemon would program.
+type ruleFlags struct {
+	clusterCIDRs      listFlag
+	nodePortAddresses listFlag
+	nodeIPs           listFlag
+	masqueradeAll     bool
+	masqueradeBit     int
+	serviceProxyName  string
+}
+
+func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
+	rf := &ruleFlags{}
+	def := proxier.DefaultConfig()
+	fs.Var(&rf.clusterCIDRs, "cluster-cidr", "pod network CIDRs, comma-separated; traffic from outside them to ClusterIPs is masqueraded")
+	fs.Var(&rf.nodePortAddresses, "nodeport-addresses", `addresses NodePorts listen on: CIDRs and/or "primary" (the node's InternalIPs, the default)`)
+	fs.Var(&rf.nodeIPs, "node-ip", "this node's primary IPs, comma-separated (default: the Node's InternalIPs)")
+	fs.BoolVar(&rf.masqueradeAll, "masquerade-all", false, "masquerade all traffic to ClusterIPs")
+	fs.IntVar(&rf.masqueradeBit, "masquerade-bit", def.MasqueradeBit, "bit of the packet mark that marks traffic to masquerade (0..31)")
+	fs.StringVar(&rf.serviceProxyName, "service-proxy-name", "", "proxy only Services labelled service.kubernetes.io/service-proxy-name with this value (unlabelled ones when empty)")
+	return rf
+}
+
+// config turns the flags into a proxier configuration.
+func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
+	cfg := proxier.DefaultConfig()
+	cfg.NodeName = nodeName
+	cfg.MasqueradeAll = rf.masqueradeAll
+	cfg.MasqueradeBit = rf.masqueradeBit
+	cfg.ServiceProxyName = rf.serviceProxyName
+	for _, s := range rf.clusterCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--cluster-cidr %q: %w", s, err)
+		}
+		cfg.ClusterCIDRs = append(cfg.ClusterCIDRs, p)
+	}
+	for _, s := range rf.nodeIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--node-ip %q: %w", s, err)
+		}
+		cfg.NodeIPs = append(cfg.NodeIPs, a.Unmap())
+	}
+	npa, err := proxier.ParseNodePortAddresses(rf.nodePortAddresses)
+	if err != nil {
+		return cfg, fmt.Errorf("--nodeport-addresses: %w", err)
+	}
+	cfg.NodePortAddresses = npa
+	return cfg, nil
+}

@@ -1,0 +1,83 @@
+// Command nftproxy is a kube-proxy replacement that programs one nftables
+// table per node through netlink, one atomic transaction per sync.
+//
+//	nftproxy [run] [flags]        the daemon
+//	nftproxy dump --objects PATH  print the rules for objects in files
+//	nftproxy sync --once --objects PATH
+//	                              program the kernel from files and exit
+//	nftproxy cleanup              delete nftproxy's table
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/klog/v2"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// command is one subcommand: its flags and what it does.
+type command struct {
+	name, usage string
+	flags       func(fs *flag.FlagSet) func(ctx context.Context) error
+}
+
+func commands() []command {
+	return []command{
+		{"run", "run the proxy daemon (the default)", runFlags},
+		{"dump", "print the nft script for objects read from files", dumpFlags},
+		{"sync", "program the kernel once from objects read from files", syncFlags},
+		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
+	}
+}
+
+func run(args []string) int {
+	name := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		name, args = args[0], args[1:]
+	}
+	var cmd *command
+	for _, c := range commands() {
+		if c.name == name {
+			cmd = &c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(os.Stderr, "nftproxy: unknown command %q\n\ncommands:\n", name)
+		for _, c := range commands() {
+			fmt.Fprintf(os.Stderr, "  %-8s %s\n", c.name, c.usage)
+		}
+		return 2
+	}
+	fs := flag.NewFlagSet("nftproxy "+name, flag.ContinueOnError)
+	klog.InitFlags(fs)
+	action := cmd.flags(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "nftproxy %s: unexpected arguments %q\n", name, fs.Args())
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx = klog.NewContext(ctx, klog.Background())
+	err := action(ctx)
+	klog.Flush()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "nftproxy %s: %v\n", name, err)
+		return 1
+	}
+	return 0
+}
