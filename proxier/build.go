@@ -342,10 +342,10 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	}
 
 	// A port without endpoints is refused at once, as kube-proxy does: TCP
-	// gets a reset, everything else an ICMP port unreachable. Like kube-proxy
-	// this happens in the filter hooks, after DNAT found nothing to do: an
-	// ICMP error for a packet rejected in prerouting was never delivered in
-	// tests on Linux 6.18.
+	// gets a reset, everything else an ICMP port unreachable. As in
+	// kube-proxy, this is checked in the filter hooks for new connections,
+	// once DNAT had nothing to do. (ICMP errors are subject to the kernel's
+	// per-host rate limit, net.ipv4.icmp_ratelimit, like any others.)
 	rej := t.AddChain(&nft.Chain{Name: chainReject})
 	rej.AddRule(nft.Match{Field: nft.L4Proto, Value: nft.Proto(nft.ProtoTCP)}, nft.Counter{}, nft.Reject{Kind: nft.RejectTCPReset})
 	rej.AddRule(nft.Counter{}, nft.Reject{})
