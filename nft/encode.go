@@ -292,8 +292,8 @@ func intervalEnd(d Datum) ([]byte, bool) {
 	var last []byte
 	switch d.kind {
 	case datumPrefix:
-		last = d.prefix.Masked().Addr().AsSlice()
-		for i := d.prefix.Bits(); i < len(last)*8; i++ {
+		last = d.addr.AsSlice()
+		for i := int(d.num); i < len(last)*8; i++ {
 			last[i/8] |= 0x80 >> (i % 8)
 		}
 	default:

@@ -134,7 +134,7 @@ func (f Field) accepts(d Datum, interval bool) bool {
 		case datumAddr:
 			return d.addr.Is6() == want6 && !d.addr.Is4In6()
 		case datumPrefix:
-			return interval && d.prefix.Addr().Is6() == want6
+			return interval && d.addr.Is6() == want6
 		}
 		return false
 	case fieldL4Proto:
@@ -171,10 +171,9 @@ const (
 // Datum is one typed value: an element key or data component, or the right
 // side of a match. Datums are comparable.
 type Datum struct {
-	kind   datumKind
-	addr   netip.Addr
-	prefix netip.Prefix
-	num    uint32
+	kind datumKind
+	addr netip.Addr // addresses, and prefixes (masked; num is the length)
+	num  uint32
 }
 
 // Addr is an IPv4 or IPv6 address.
@@ -183,7 +182,7 @@ func Addr(a netip.Addr) Datum { return Datum{kind: datumAddr, addr: a.Unmap()} }
 // Prefix is an address prefix (a CIDR).
 func Prefix(p netip.Prefix) Datum {
 	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
-	return Datum{kind: datumPrefix, prefix: p}
+	return Datum{kind: datumPrefix, addr: p.Addr(), num: uint32(p.Bits())}
 }
 
 func unmapBits(p netip.Prefix) int {
@@ -214,10 +213,10 @@ func (d Datum) String() string {
 	case datumAddr:
 		return d.addr.String()
 	case datumPrefix:
-		if d.prefix.IsSingleIP() {
-			return d.prefix.Addr().String()
+		if p := d.prefix(); !p.IsSingleIP() {
+			return p.String()
 		}
-		return d.prefix.String()
+		return d.addr.String()
 	case datumProto:
 		switch uint8(d.num) {
 		case ProtoTCP:
@@ -234,13 +233,16 @@ func (d Datum) String() string {
 	return "?"
 }
 
+// prefix returns a prefix datum's prefix.
+func (d Datum) prefix() netip.Prefix { return netip.PrefixFrom(d.addr, int(d.num)) }
+
 // bytes is the value as the kernel stores it.
 func (d Datum) bytes() []byte {
 	switch d.kind {
 	case datumAddr:
 		return d.addr.AsSlice()
 	case datumPrefix:
-		return d.prefix.Addr().AsSlice()
+		return d.addr.AsSlice()
 	case datumProto:
 		return []byte{byte(d.num)}
 	case datumPort:
@@ -256,16 +258,43 @@ func (d Datum) bytes() []byte {
 // component as is, a concatenation with every component padded to 4 bytes
 // (one 32-bit register each).
 func concatBytes(data []Datum) []byte {
-	if len(data) == 1 {
-		return data[0].bytes()
-	}
-	var b []byte
+	return appendConcat(make([]byte, 0, 4*len(data)+12*countAddrs(data)), data)
+}
+
+func countAddrs(data []Datum) int {
+	n := 0
 	for _, d := range data {
-		v := d.bytes()
-		b = append(b, v...)
-		for len(v)%4 != 0 {
+		if d.kind == datumAddr || d.kind == datumPrefix {
+			n++
+		}
+	}
+	return n
+}
+
+// appendConcat appends the kernel layout of data to b without allocating
+// per component; diffing calls it for every element.
+func appendConcat(b []byte, data []Datum) []byte {
+	pad := len(data) > 1
+	for _, d := range data {
+		start := len(b)
+		switch d.kind {
+		case datumAddr, datumPrefix:
+			if d.addr.Is4() {
+				a := d.addr.As4()
+				b = append(b, a[:]...)
+			} else {
+				a := d.addr.As16()
+				b = append(b, a[:]...)
+			}
+		case datumProto:
+			b = append(b, byte(d.num))
+		case datumPort:
+			b = binary.BigEndian.AppendUint16(b, uint16(d.num))
+		case datumInt:
+			b = binary.NativeEndian.AppendUint32(b, d.num)
+		}
+		for pad && (len(b)-start)%4 != 0 {
 			b = append(b, 0)
-			v = append(v, 0)
 		}
 	}
 	return b

@@ -59,6 +59,14 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if p.Replace && p.committed != nil {
+		clear, err := k.clearOps(p.committed)
+		if err != nil {
+			return fmt.Errorf("apply table %s: %w", p.table, err)
+		}
+		p = &Plan{family: p.family, table: p.table, Replace: true, committed: p.committed,
+			ops: append(append([]op{p.ops[0]}, clear...), p.ops[1:]...)}
+	}
 	msgs, err := encodePlan(p)
 	if err != nil {
 		return fmt.Errorf("apply table %s: %w", p.table, err)
@@ -67,6 +75,55 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 		return fmt.Errorf("apply table %s: %w", p.table, err)
 	}
 	return nil
+}
+
+// clearOps returns the steps that empty the existing table, if any, before a
+// full replace recreates its contents in the same transaction: flush every
+// chain, delete every set and every chain except base chains that the new
+// table has unchanged. Those stay registered on their hooks: deleting and
+// re-adding the nat base chains unhooks NAT for an instant, and a
+// connection that starts then is confirmed by conntrack without NAT and
+// fails (seen in restart tests). Only names and hooks are read, never
+// elements.
+func (k *Kernel) clearOps(want *Table) ([]op, error) {
+	exists, err := k.Exists(want.Family, want.Name)
+	if err != nil || !exists {
+		return nil, err
+	}
+	c, err := k.conn()
+	if err != nil {
+		return nil, err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	sets, err := c.GetSets(&nftables.Table{Family: nftables.TableFamilyINet, Name: want.Name})
+	if err != nil {
+		return nil, fmt.Errorf("list sets: %w", err)
+	}
+	var flush, delSets, delChains []op
+	for _, ch := range chains {
+		if ch.Table.Name != want.Name {
+			continue
+		}
+		flush = append(flush, op{kind: opFlushChain, chain: &Chain{Name: ch.Name}})
+		if w := want.Chain(ch.Name); w != nil && w.Base != nil && sameKernelBase(ch, w.Base) {
+			continue
+		}
+		delChains = append(delChains, op{kind: opDeleteChain, chain: &Chain{Name: ch.Name}})
+	}
+	for _, s := range sets {
+		delSets = append(delSets, op{kind: opDeleteSet, set: &Set{Name: s.Name}})
+	}
+	// Rules go first (they refer to sets and chains), then sets (their
+	// elements refer to chains), then chains.
+	return append(append(flush, delSets...), delChains...), nil
+}
+
+func sameKernelBase(c *nftables.Chain, b *BaseChain) bool {
+	return c.Hooknum != nil && *c.Hooknum == *kernelHook(b.Hook) &&
+		c.Priority != nil && int(*c.Priority) == b.Priority && string(c.Type) == string(b.Type)
 }
 
 // Delete removes the table if it exists.

@@ -26,29 +26,46 @@ func listTable(t *testing.T, ns *testnet.NS, name string) string {
 
 var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 
+// normalizeListing makes two listings of the same table comparable: set
+// elements sorted (the kernel lists them in hash order), sets and chains
+// sorted by name (a replaced table keeps the base chains it had first),
+// counters zeroed, whitespace trimmed.
 func normalizeListing(s string) string {
 	s = counterRE.ReplaceAllString(s, "counter")
-	var out []string
+	// The table's closing brace is not part of its last block.
+	s = strings.TrimSuffix(strings.TrimSpace(s), "}")
+	var blocks [][]string
+	var head []string
 	lines := strings.Split(s, "\n")
 	for i := 0; i < len(lines); i++ {
 		line := strings.TrimSpace(lines[i])
-		if !strings.HasPrefix(line, "elements = {") {
-			if line != "" {
-				out = append(out, line)
-			}
+		switch {
+		case line == "":
 			continue
+		case strings.HasPrefix(line, "elements = {"):
+			for !strings.HasSuffix(line, "}") {
+				i++
+				line += " " + strings.TrimSpace(lines[i])
+			}
+			items := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "elements = {"), "}"), ",")
+			for j := range items {
+				items[j] = strings.TrimSpace(items[j])
+			}
+			slices.Sort(items)
+			line = "elements = { " + strings.Join(items, ", ") + " }"
+		case strings.HasPrefix(line, "chain "), strings.HasPrefix(line, "set "), strings.HasPrefix(line, "map "):
+			blocks = append(blocks, nil)
 		}
-		block := line
-		for !strings.HasSuffix(block, "}") {
-			i++
-			block += " " + strings.TrimSpace(lines[i])
+		if len(blocks) == 0 {
+			head = append(head, line)
+		} else {
+			blocks[len(blocks)-1] = append(blocks[len(blocks)-1], line)
 		}
-		items := strings.Split(strings.TrimSuffix(strings.TrimPrefix(block, "elements = {"), "}"), ",")
-		for j := range items {
-			items[j] = strings.TrimSpace(items[j])
-		}
-		slices.Sort(items)
-		out = append(out, "elements = { "+strings.Join(items, ", ")+" }")
+	}
+	slices.SortFunc(blocks, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
+	out := head
+	for _, b := range blocks {
+		out = append(out, b...)
 	}
 	return strings.Join(out, "\n")
 }
@@ -108,6 +125,20 @@ func TestKernelTableMatchesRender(t *testing.T) {
 	loadWithNft(t, viaText, RenderReplace(second))
 	if diff := cmp.Diff(listTable(t, viaText, first.Name), listTable(t, viaNetlink, first.Name)); diff != "" {
 		t.Fatalf("after stale chain deletion (-render +netlink):\n%s", diff)
+	}
+
+	// A full replace over the existing table (what a restarted nftproxy
+	// does) leaves exactly the new table, whatever the old one held.
+	third := sampleTable(7)
+	third.Chains = slices.DeleteFunc(third.Chains, func(c *Chain) bool { return c.Name == "nat-output" })
+	third.Sets = slices.DeleteFunc(third.Sets, func(s *Set) bool { return s.Name == "hairpin" })
+	third.Chain("nat-postrouting").Rules = third.Chain("nat-postrouting").Rules[:1]
+	if err := k.Apply(ctx, FullPlan(third)); err != nil {
+		t.Fatalf("full replace of an existing table: %v", err)
+	}
+	loadWithNft(t, viaText, RenderReplace(third))
+	if diff := cmp.Diff(listTable(t, viaText, first.Name), listTable(t, viaNetlink, first.Name)); diff != "" {
+		t.Fatalf("after a full replace (-render +netlink):\n%s", diff)
 	}
 }
 

@@ -118,10 +118,10 @@ func (m Match) lower(l *lowerer) error {
 		return err
 	}
 	data := m.Value.bytes()
-	if m.Value.kind == datumPrefix && !m.Value.prefix.IsSingleIP() {
+	if m.Value.kind == datumPrefix && !m.Value.prefix().IsSingleIP() {
 		l.emit(&expr.Bitwise{
 			SourceRegister: reg1, DestRegister: reg1, Len: uint32(len(data)),
-			Mask: prefixMask(m.Value.prefix), Xor: make([]byte, len(data)),
+			Mask: prefixMask(m.Value.prefix()), Xor: make([]byte, len(data)),
 		})
 	}
 	op := expr.CmpOpEq

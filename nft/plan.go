@@ -36,7 +36,9 @@ type op struct {
 type Plan struct {
 	family Family
 	table  string
-	// Replace is set when the plan deletes and recreates the whole table.
+	// Replace is set when the plan replaces the whole table: whatever the
+	// kernel holds in it is cleared in the same transaction (see
+	// Kernel.Apply), then the wanted table is created.
 	Replace bool
 	ops     []op
 	// committed is the table the kernel holds once the plan is applied.
@@ -89,9 +91,8 @@ func (p *Plan) Stats() Stats {
 // with want, atomically.
 func FullPlan(want *Table) *Plan {
 	p := &Plan{family: want.Family, table: want.Name, Replace: true, committed: want}
-	// "add" of an existing table is a no-op, so add-then-delete works whether or
-	// not the table exists, in the same transaction that recreates it.
-	p.ops = append(p.ops, op{kind: opAddTable}, op{kind: opDeleteTable}, op{kind: opAddTable})
+	// "add" of an existing table is a no-op.
+	p.ops = append(p.ops, op{kind: opAddTable})
 	for _, s := range want.Sets {
 		p.ops = append(p.ops, op{kind: opAddSet, set: s})
 	}
@@ -232,10 +233,11 @@ func sameElements(a, b []Element) bool {
 // elementID identifies an element by its key. Prefix lengths are part of it,
 // since 10.0.0.0/8 and 10.0.0.0/16 share their start bytes.
 func elementID(e Element) string {
-	id := e.keyBytes()
+	var buf [64]byte
+	id := appendConcat(buf[:0], e.Key)
 	for _, d := range e.Key {
 		if d.kind == datumPrefix {
-			id = append(id, byte(d.prefix.Bits()))
+			id = append(id, byte(d.num))
 		}
 	}
 	return string(id)
@@ -273,6 +275,10 @@ func (p *Plan) String() string {
 		switch o.kind {
 		case opAddTable:
 			fmt.Fprintf(&b, "add table %s\n", obj)
+			if p.Replace && len(p.ops) > 2 {
+				// What Kernel.Apply does in place, in nft's words.
+				fmt.Fprintf(&b, "delete table %s\nadd table %s\n", obj, obj)
+			}
 		case opDeleteTable:
 			fmt.Fprintf(&b, "delete table %s\n", obj)
 		case opAddSet:

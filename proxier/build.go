@@ -124,13 +124,22 @@ func groupSlices(logger klog.Logger, all []*discoveryv1.EndpointSlice) map[types
 type familyBuild struct {
 	f family
 
-	clusterIPs, nodePortIPs, hairpin      []nft.Element
-	serviceIPs, serviceEndpoints          []nft.Element
-	nodePorts, nodePortEndpoints          []nft.Element
-	noEndpointServices, noEndpointNPs     []nft.Element
-	clusterCIDRs                          []netip.Prefix
-	lbCounts, externalCounts, npCounts    map[int]bool
-	seenIPs, seenVIPs, seenNodePorts, hps map[string]bool
+	clusterIPs, nodePortIPs, hairpin   []nft.Element
+	serviceIPs, serviceEndpoints       []nft.Element
+	nodePorts, nodePortEndpoints       []nft.Element
+	noEndpointServices, noEndpointNPs  []nft.Element
+	clusterCIDRs                       []netip.Prefix
+	lbCounts, externalCounts, npCounts map[int]bool
+	seenIPs                            map[netip.Addr]bool
+	seenVIPs, hairpins                 map[addrPort]bool
+	seenNodePorts                      map[addrPort]bool // addr unset
+}
+
+// addrPort identifies an address, protocol and port.
+type addrPort struct {
+	addr  netip.Addr
+	proto uint8
+	port  uint16
 }
 
 func (fb *familyBuild) empty() bool {
@@ -143,10 +152,10 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node) *
 		lbCounts:       map[int]bool{},
 		externalCounts: map[int]bool{},
 		npCounts:       map[int]bool{},
-		seenIPs:        map[string]bool{},
-		seenVIPs:       map[string]bool{},
-		seenNodePorts:  map[string]bool{},
-		hps:            map[string]bool{},
+		seenIPs:        map[netip.Addr]bool{},
+		seenVIPs:       map[addrPort]bool{},
+		seenNodePorts:  map[addrPort]bool{},
+		hairpins:       map[addrPort]bool{},
 	}
 	for _, p := range b.cfg.ClusterCIDRs {
 		if p.Addr().Is6() == f.ipv6 {
@@ -173,13 +182,13 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node) *
 func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps []endpoint) {
 	n := len(eps)
 	comment := sp.String()
-	if !fb.seenIPs[sp.clusterIP.String()] {
-		fb.seenIPs[sp.clusterIP.String()] = true
+	if !fb.seenIPs[sp.clusterIP] {
+		fb.seenIPs[sp.clusterIP] = true
 		fb.clusterIPs = append(fb.clusterIPs, nft.Element{Key: []nft.Datum{nft.Addr(sp.clusterIP)}})
 	}
 	addVIP := func(ip netip.Addr, external bool) {
 		key := []nft.Datum{nft.Addr(ip), nft.Proto(sp.proto), nft.Port(sp.port)}
-		id := fmt.Sprint(key)
+		id := addrPort{ip, sp.proto, sp.port}
 		if fb.seenVIPs[id] {
 			logger.Info("Skipping address already used by another service port", "servicePort", comment, "address", ip, "port", sp.port)
 			return
@@ -209,7 +218,7 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps [
 	}
 	if sp.nodePort != 0 {
 		key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
-		id := fmt.Sprint(key)
+		id := addrPort{proto: sp.proto, port: sp.nodePort}
 		if fb.seenNodePorts[id] {
 			logger.Info("Skipping NodePort already used by another service port", "servicePort", comment, "nodePort", sp.nodePort)
 		} else {
@@ -231,11 +240,11 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps [
 	// A pod reaching itself through a service must be masqueraded, or it
 	// would answer itself directly and drop the reply.
 	for _, ep := range eps {
-		id := fmt.Sprint(ep.addr, sp.proto, ep.port)
-		if fb.hps[id] {
+		id := addrPort{ep.addr, sp.proto, ep.port}
+		if fb.hairpins[id] {
 			continue
 		}
-		fb.hps[id] = true
+		fb.hairpins[id] = true
 		fb.hairpin = append(fb.hairpin, nft.Element{Key: []nft.Datum{nft.Addr(ep.addr), nft.Addr(ep.addr), nft.Proto(sp.proto), nft.Port(ep.port)}})
 	}
 }

@@ -116,7 +116,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func addrPort(ip string, port uint16) netip.AddrPort {
+func vipPort(ip string, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr(ip), port)
 }
 
@@ -144,7 +144,7 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 	clientIP := c.Config.ClientIP.Addr()
 
 	t.Run("ClusterIP reaches every endpoint, pod traffic is not masqueraded", func(t *testing.T) {
-		pods, clients := spread(t, podA.NS, addrPort(webIP, 80), 60)
+		pods, clients := spread(t, podA.NS, vipPort(webIP, 80), 60)
 		if len(pods) != 3 {
 			t.Errorf("60 connections reached %v, want all 3 pods", pods)
 		}
@@ -162,7 +162,7 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 	t.Run("UDP to a ClusterIP", func(t *testing.T) {
 		pods := map[string]int{}
 		for range 30 {
-			r, err := podA.NS.DialUDP(t, addrPort(dnsIP, 53), 2*time.Second)
+			r, err := podA.NS.DialUDP(t, vipPort(dnsIP, 53), 2*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -176,13 +176,13 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		}
 	})
 	t.Run("ClusterIP from outside the cluster CIDR is masqueraded", func(t *testing.T) {
-		_, clients := spread(t, c.Client, addrPort(webIP, 80), 10)
+		_, clients := spread(t, c.Client, vipPort(webIP, 80), 10)
 		if clients[clientIP] {
 			t.Errorf("pods saw the outside client's own address %s; want it masqueraded", clientIP)
 		}
 	})
 	t.Run("ClusterIP from the node itself", func(t *testing.T) {
-		pods, _ := spread(t, c.Node, addrPort(webIP, 80), 30)
+		pods, _ := spread(t, c.Node, vipPort(webIP, 80), 30)
 		if len(pods) != 3 {
 			t.Errorf("node reached %v, want all 3 pods", pods)
 		}
@@ -193,8 +193,8 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		want int
 	}{
 		{"NodePort on the node IP", netip.AddrPortFrom(nodeIP, 30080), 3},
-		{"external IP", addrPort(externalIP, 80), 3},
-		{"load balancer ingress IP", addrPort(lbIP, 80), 2},
+		{"external IP", vipPort(externalIP, 80), 3},
+		{"load balancer ingress IP", vipPort(lbIP, 80), 2},
 		{"load balancer NodePort", netip.AddrPortFrom(nodeIP, 30443), 2},
 	} {
 		t.Run(tc.name+" from the outside client, masqueraded", func(t *testing.T) {
@@ -209,16 +209,16 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 	}
 	t.Run("a service without endpoints is refused at once", func(t *testing.T) {
 		start := time.Now()
-		_, err := podA.NS.DialTCP(t, addrPort(emptyIP, 80), 5*time.Second)
+		_, err := podA.NS.DialTCP(t, vipPort(emptyIP, 80), 5*time.Second)
 		if !testnet.IsRefused(err) || time.Since(start) > time.Second {
 			t.Errorf("TCP: got %v after %v, want connection refused at once", err, time.Since(start))
 		}
 		start = time.Now()
-		_, err = podA.NS.DialUDP(t, addrPort(emptyIP, 53), 5*time.Second)
+		_, err = podA.NS.DialUDP(t, vipPort(emptyIP, 53), 5*time.Second)
 		if !testnet.IsRefused(err) || time.Since(start) > time.Second {
 			t.Errorf("UDP: got %v after %v, want port unreachable at once", err, time.Since(start))
 		}
-		_, err = c.Client.DialTCP(t, addrPort(emptyIP, 80), 5*time.Second)
+		_, err = c.Client.DialTCP(t, vipPort(emptyIP, 80), 5*time.Second)
 		if !testnet.IsRefused(err) {
 			t.Errorf("TCP from outside: got %v, want refused", err)
 		}
@@ -232,7 +232,7 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 			out := c.Node.Run(t, "nft", "list", "map", "inet", TableName, "service-endpoints-v4")
 			return !strings.Contains(out, webIP+" . tcp . 80 . 2")
 		})
-		pods, _ := spread(t, podA.NS, addrPort(webIP, 80), 40)
+		pods, _ := spread(t, podA.NS, vipPort(webIP, 80), 40)
 		if pods["pod-c"] > 0 || len(pods) != 2 {
 			t.Errorf("after removing pod-c, connections reached %v", pods)
 		}
@@ -251,7 +251,7 @@ func TestRestartLosesNoConnection(t *testing.T) {
 	go func() {
 		defer close(loopDone)
 		for loopCtx.Err() == nil {
-			for _, addr := range []netip.AddrPort{addrPort(webIP, 80), netip.AddrPortFrom(nodeIP, 30080)} {
+			for _, addr := range []netip.AddrPort{vipPort(webIP, 80), netip.AddrPortFrom(nodeIP, 30080)} {
 				if _, err := podA.NS.DialTCP(t, addr, 2*time.Second); err != nil {
 					failed.Add(1)
 					t.Logf("connection to %s failed: %v", addr, err)
@@ -338,7 +338,7 @@ func TestRefusedTransactionKeepsOldRulesAndIsRetried(t *testing.T) {
 	if after := c.Node.Run(t, "nft", "list", "table", "inet", TableName); after != before {
 		t.Fatalf("refused sync changed the kernel table:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if _, err := c.Pods["pod-a"].NS.DialTCP(t, addrPort(webIP, 80), 2*time.Second); err != nil {
+	if _, err := c.Pods["pod-a"].NS.DialTCP(t, vipPort(webIP, 80), 2*time.Second); err != nil {
 		t.Fatalf("traffic broken after a refused sync: %v", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)

@@ -233,7 +233,8 @@ func isBlank(doc []byte) bool {
 // toJSON converts a YAML or JSON document to JSON; an empty document
 // becomes nil.
 func toJSON(doc []byte) ([]byte, error) {
-	js, err := yaml.YAMLToJSON(doc)
+	// Strict: a key given twice is an error, not a silent overwrite.
+	js, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
 		return nil, fmt.Errorf("parse yaml: %w", err)
 	}

@@ -181,7 +181,7 @@ func TestLoadErrors(t *testing.T) {
 	}, {
 		name:    "a duplicate field in an accepted kind is an error",
 		paths:   []string{bad + "duplicate-field.yaml"},
-		wantErr: bad + `duplicate-field.yaml: document 1 (Service default/foo): decode: strict decoding error: `,
+		wantErr: bad + `duplicate-field.yaml: document 1 (Service default/foo): parse yaml: yaml: unmarshal errors:` + "\n" + `  line 7: key "clusterIP" already set in map`,
 	}, {
 		name:    "a field of the wrong type is an error",
 		paths:   []string{bad + "wrong-type.yaml"},
