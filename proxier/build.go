@@ -173,13 +173,13 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node) *
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 		for _, sp := range servicePorts(b.logger, svc, f.ipv6) {
 			eps := endpointsFor(b.logger, sp, b.slices[key], f.ipv6)
-			fb.addServicePort(b.logger, sp, eps)
+			fb.addServicePort(b.logger, b.cfg.NodeName, sp, eps)
 		}
 	}
 	return fb
 }
 
-func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps []endpoint) {
+func (fb *familyBuild) addServicePort(logger klog.Logger, nodeName string, sp *servicePort, eps []endpoint) {
 	n := len(eps)
 	comment := sp.String()
 	if !fb.seenIPs[sp.clusterIP] {
@@ -238,8 +238,13 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, eps [
 		}
 	}
 	// A pod reaching itself through a service must be masqueraded, or it
-	// would answer itself directly and drop the reply.
+	// would answer itself directly and drop the reply. Only pods on this
+	// node can do that here, so only local endpoints are listed, as
+	// kube-proxy does.
 	for _, ep := range eps {
+		if ep.nodeName != nodeName {
+			continue
+		}
 		id := addrPort{ep.addr, sp.proto, ep.port}
 		if fb.hairpins[id] {
 			continue

@@ -157,13 +157,14 @@ func TestBuildElements(t *testing.T) {
 		set:   "nodeport-ips-v4",
 		want:  []string{"192.168.60.4"},
 	}, {
-		name:  "each endpoint of a service is a possible hairpin",
-		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
-		set:   "hairpin-connections-v4",
+		name: "each local endpoint of a service is a possible hairpin",
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5", onNode("node-a")), ep("10.244.1.7", onNode("node-a")), ep("10.244.2.6", onNode("node-b")), ep("10.244.3.3")),
+		}},
+		set: "hairpin-connections-v4",
 		want: []string{
 			"10.244.1.5 . 10.244.1.5 . tcp . 8080",
 			"10.244.1.7 . 10.244.1.7 . tcp . 8080",
-			"10.244.2.6 . 10.244.2.6 . tcp . 8080",
 		},
 	}}
 	for _, tc := range cases {

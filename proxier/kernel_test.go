@@ -52,7 +52,7 @@ func packetCluster(t *testing.T) (*testnet.Cluster, []runtime.Object) {
 	for _, p := range c.Pods {
 		p.Serve(t, 8080)
 	}
-	all := []discoveryv1.Endpoint{ep(podIPs["pod-a"]), ep(podIPs["pod-b"]), ep(podIPs["pod-c"])}
+	all := []discoveryv1.Endpoint{ep(podIPs["pod-a"], onNode("node-a")), ep(podIPs["pod-b"], onNode("node-a")), ep(podIPs["pod-c"], onNode("node-a"))}
 	objs := []runtime.Object{
 		makeNode("node-a", nodeIP.String()),
 		makeService("default", "web", webIP),
@@ -224,7 +224,7 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		}
 	})
 	t.Run("removing an endpoint stops new connections to it", func(t *testing.T) {
-		slice := makeSlice("default", "web", "web-1", 8080, ep(podIPs["pod-a"]), ep(podIPs["pod-b"]))
+		slice := makeSlice("default", "web", "web-1", 8080, ep(podIPs["pod-a"], onNode("node-a")), ep(podIPs["pod-b"], onNode("node-a")))
 		if _, err := client.DiscoveryV1().EndpointSlices("default").Update(context.Background(), slice, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}

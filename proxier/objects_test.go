@@ -80,6 +80,8 @@ func terminatingNotServing(e *discoveryv1.Endpoint) {
 	e.Conditions.Serving = ptr.To(false)
 }
 
+func onNode(name string) epOpt { return func(e *discoveryv1.Endpoint) { e.NodeName = ptr.To(name) } }
+
 func ep(addr string, opts ...epOpt) discoveryv1.Endpoint {
 	e := discoveryv1.Endpoint{Addresses: []string{addr}}
 	for _, o := range opts {

@@ -146,6 +146,8 @@ func familyClusterIP(svc *v1.Service, ipv6 bool) (netip.Addr, bool) {
 type endpoint struct {
 	addr netip.Addr
 	port uint16
+	// nodeName is the endpoint's node, "" when the slice does not say.
+	nodeName string
 }
 
 // endpointsFor returns the usable endpoints of sp from the service's slices,
@@ -184,6 +186,9 @@ func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.E
 				continue
 			}
 			e := endpoint{addr: a.Unmap(), port: port}
+			if ep.NodeName != nil {
+				e.nodeName = *ep.NodeName
+			}
 			if isReady {
 				ready = append(ready, e)
 			} else {
@@ -197,7 +202,7 @@ func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.E
 	}
 	slicesSortEndpoints(eps)
 	// The same endpoint may appear in two slices while it moves between them.
-	return slices.Compact(eps)
+	return slices.CompactFunc(eps, func(a, b endpoint) bool { return a.addr == b.addr && a.port == b.port })
 }
 
 func slicesSortEndpoints(eps []endpoint) {

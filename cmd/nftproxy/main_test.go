@@ -140,7 +140,7 @@ func TestCommandErrors(t *testing.T) {
 func clusterObjects(pods map[string]string) string {
 	var eps strings.Builder
 	for _, ip := range pods {
-		fmt.Fprintf(&eps, "  - addresses: [%q]\n    conditions: {ready: true}\n", ip)
+		fmt.Fprintf(&eps, "  - addresses: [%q]\n    nodeName: node-a\n    conditions: {ready: true}\n", ip)
 	}
 	return fmt.Sprintf(`apiVersion: v1
 kind: Node
