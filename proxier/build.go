@@ -242,7 +242,7 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, nodeName string, sp *s
 	// node can do that here, so only local endpoints are listed, as
 	// kube-proxy does.
 	for _, ep := range eps {
-		if ep.nodeName != nodeName {
+		if ep.nodeName == "" || ep.nodeName != nodeName {
 			continue
 		}
 		id := addrPort{ep.addr, sp.proto, ep.port}

@@ -166,6 +166,12 @@ func TestBuildElements(t *testing.T) {
 			"10.244.1.5 . 10.244.1.5 . tcp . 8080",
 			"10.244.1.7 . 10.244.1.7 . tcp . 8080",
 		},
+	}, {
+		name:  "without a node name nothing is local, not even endpoints without one",
+		cfg:   func(c *Config) { c.NodeName = "" },
+		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "hairpin-connections-v4",
+		want:  nil,
 	}}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
