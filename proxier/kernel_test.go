@@ -98,22 +98,11 @@ func startProxier(t *testing.T, c *testnet.Cluster, client *fake.Clientset) (sto
 		})
 	}
 	t.Cleanup(stop)
-	waitFor(t, "rules in the node", func() bool {
+	eventually(t, "rules in the node", func() bool {
 		_, err := c.Node.RunErr("nft", "list", "chain", "inet", TableName, "services")
 		return err == nil
 	})
 	return stop
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func vipPort(ip string, port uint16) netip.AddrPort {
@@ -228,7 +217,7 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		if _, err := client.DiscoveryV1().EndpointSlices("default").Update(context.Background(), slice, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "pod-c to leave the rules", func() bool {
+		eventually(t, "pod-c to leave the rules", func() bool {
 			out := c.Node.Run(t, "nft", "list", "map", "inet", TableName, "service-endpoints-v4")
 			return !strings.Contains(out, webIP+" . tcp . 80 . 2")
 		})
@@ -344,7 +333,7 @@ func TestRefusedTransactionKeepsOldRulesAndIsRetried(t *testing.T) {
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() { p.Run(runCtx); close(done) }()
-	waitFor(t, "the new service after retries", func() bool {
+	eventually(t, "the new service after retries", func() bool {
 		out, _ := c.Node.RunErr("nft", "list", "map", "inet", TableName, "no-endpoint-services-v4")
 		return strings.Contains(out, "10.96.0.99")
 	})

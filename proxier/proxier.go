@@ -60,48 +60,45 @@ func New(cfg Config, kernel nft.Interface) (*Proxier, error) {
 	}, nil
 }
 
-// SetService records a Service (added or updated).
-func (p *Proxier) SetService(svc *v1.Service) {
+// record applies a change to the recorded objects, counts it and asks for
+// a sync.
+func (p *Proxier) record(counter *int, change func()) {
 	p.mu.Lock()
-	p.services[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = svc
-	p.serviceChanges++
+	change()
+	if counter != nil {
+		*counter++
+	}
 	p.mu.Unlock()
 	p.queue.Add(syncKey)
+}
+
+// SetService records a Service (added or updated).
+func (p *Proxier) SetService(svc *v1.Service) {
+	p.record(&p.serviceChanges, func() {
+		p.services[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = svc
+	})
 }
 
 // DeleteService forgets a Service.
 func (p *Proxier) DeleteService(key types.NamespacedName) {
-	p.mu.Lock()
-	delete(p.services, key)
-	p.serviceChanges++
-	p.mu.Unlock()
-	p.queue.Add(syncKey)
+	p.record(&p.serviceChanges, func() { delete(p.services, key) })
 }
 
 // SetEndpointSlice records an EndpointSlice (added or updated).
 func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
-	p.mu.Lock()
-	p.endpointSlices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
-	p.sliceChanges++
-	p.mu.Unlock()
-	p.queue.Add(syncKey)
+	p.record(&p.sliceChanges, func() {
+		p.endpointSlices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+	})
 }
 
 // DeleteEndpointSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteEndpointSlice(key types.NamespacedName) {
-	p.mu.Lock()
-	delete(p.endpointSlices, key)
-	p.sliceChanges++
-	p.mu.Unlock()
-	p.queue.Add(syncKey)
+	p.record(&p.sliceChanges, func() { delete(p.endpointSlices, key) })
 }
 
 // SetNode records this node (nil when it was deleted).
 func (p *Proxier) SetNode(node *v1.Node) {
-	p.mu.Lock()
-	p.node = node
-	p.mu.Unlock()
-	p.queue.Add(syncKey)
+	p.record(nil, func() { p.node = node })
 }
 
 // Run syncs until ctx ends: after changes (at most once per MinSyncPeriod),
