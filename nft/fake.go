@@ -30,7 +30,7 @@ func (f *Fake) Apply(_ context.Context, p *Plan) error {
 			return err
 		}
 	}
-	if p.Replace && p.committed != nil {
+	if p.Replace {
 		if err := p.committed.Validate(); err != nil {
 			return err
 		}

@@ -51,7 +51,7 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 	if p.Empty() {
 		return nil
 	}
-	if p.Replace && p.committed != nil {
+	if p.Replace {
 		if err := p.committed.Validate(); err != nil {
 			return fmt.Errorf("apply table %s: %w", p.table, err)
 		}
@@ -59,7 +59,7 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if p.Replace && p.committed != nil {
+	if p.Replace {
 		clear, err := k.clearOps(p.committed)
 		if err != nil {
 			return fmt.Errorf("apply table %s: %w", p.table, err)

@@ -116,8 +116,7 @@ func FullPlan(want *Table) *Plan {
 
 // DeletePlan returns a plan that deletes the table if it exists.
 func DeletePlan(family Family, name string) *Plan {
-	return &Plan{family: family, table: name, Replace: true,
-		ops: []op{{kind: opAddTable}, {kind: opDeleteTable}}}
+	return &Plan{family: family, table: name, ops: []op{{kind: opAddTable}, {kind: opDeleteTable}}}
 }
 
 // Diff returns the plan that turns have (what the kernel holds, as last
@@ -275,7 +274,7 @@ func (p *Plan) String() string {
 		switch o.kind {
 		case opAddTable:
 			fmt.Fprintf(&b, "add table %s\n", obj)
-			if p.Replace && len(p.ops) > 2 {
+			if p.Replace {
 				// What Kernel.Apply does in place, in nft's words.
 				fmt.Fprintf(&b, "delete table %s\nadd table %s\n", obj, obj)
 			}

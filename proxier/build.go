@@ -45,7 +45,10 @@ type family struct {
 	suffix string
 }
 
-var families = [2]family{{ipv6: false, suffix: "v4"}, {ipv6: true, suffix: "v6"}}
+// families returns the IP families in the order their objects are built.
+func families() [2]family {
+	return [2]family{{ipv6: false, suffix: "v4"}, {ipv6: true, suffix: "v6"}}
+}
 
 func (f family) name(base string) string { return base + "-" + f.suffix }
 
@@ -85,7 +88,7 @@ func Build(logger klog.Logger, cfg Config, st State) *nft.Table {
 	})
 	t := nft.NewTable(nft.FamilyINet, TableName)
 	var built []*familyBuild
-	for _, f := range families {
+	for _, f := range families() {
 		fb := b.buildFamily(f, services, st.Node)
 		if fb.empty() {
 			continue
