@@ -36,11 +36,25 @@ func commands() []command {
 		{"dump", "print the nft script for objects read from files", dumpFlags},
 		{"sync", "program the kernel once from objects read from files", syncFlags},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
+		{"version", "print the version", versionFlags},
+	}
+}
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = "devel"
+
+func versionFlags(*flag.FlagSet) func(ctx context.Context) error {
+	return func(context.Context) error {
+		_, err := fmt.Println("nftproxy", version)
+		return err
 	}
 }
 
 func run(args []string) int {
 	name := "run"
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
+		args = []string{"version"}
+	}
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
 	}
