@@ -183,6 +183,14 @@ func (FibDaddrLocal) lower(l *lowerer) error {
 	return nil
 }
 
+func (FibSaddrLocal) lower(l *lowerer) error {
+	l.emit(
+		&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: u32(unix.RTN_LOCAL)},
+	)
+	return nil
+}
+
 func (m SetMatch) lower(l *lowerer) error {
 	if err := l.loadFields(m.Fields); err != nil {
 		return err

@@ -135,6 +135,12 @@ type FibDaddrLocal struct{}
 
 func (FibDaddrLocal) render(b *strings.Builder) { b.WriteString("fib daddr type local") }
 
+// FibSaddrLocal is `fib saddr type local`: the source is an address of this
+// host (traffic the host itself sends).
+type FibSaddrLocal struct{}
+
+func (FibSaddrLocal) render(b *strings.Builder) { b.WriteString("fib saddr type local") }
+
 // SetMatch is `f1 . f2 … @set` (or `!= @set`).
 type SetMatch struct {
 	Fields []Field

@@ -30,6 +30,7 @@ func sampleTable(services int) *Table {
 	svc.AddRule(VerdictMap{Fields: []Field{IPv4Daddr, L4Proto, THDport}, Map: "service-ips"})
 	svc.AddRuleWithComment("off-cluster traffic to ClusterIPs", MatchPrefix(IPv4Daddr, OpEq, netip.MustParsePrefix("10.96.0.0/12")),
 		SetMatch{Fields: []Field{IPv4Saddr}, Set: "cluster-cidrs", Negate: true}, SetMarkOr{Bits: 0x4000}, Counter{})
+	svc.AddRule(FibSaddrLocal{}, SetMarkOr{Bits: 0x4000})
 	svc.AddRule(FibDaddrLocal{}, VerdictMap{Fields: []Field{L4Proto, THDport}, Map: "service-nodeports"})
 	svc.AddRule(Match{Field: IPv4Daddr, Value: Addr(netip.MustParseAddr("10.96.0.99"))}, Match{Field: L4Proto, Value: Proto(ProtoUDP)}, Match{Field: THDport, Op: OpNeq, Value: Port(53)}, DNAT{Addr: netip.MustParseAddr("10.244.1.9"), Port: 8053})
 	pre := t.AddChain(&Chain{Name: "nat-prerouting", Base: &BaseChain{Type: ChainTypeNAT, Hook: HookPrerouting, Priority: PriorityDstNAT}})

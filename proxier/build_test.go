@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
@@ -18,6 +19,9 @@ import (
 func TestBuildElements(t *testing.T) {
 	web := makeService("default", "web", "10.96.0.10")
 	webSlice := makeSlice("default", "web", "web-1", 8080, ep("10.244.1.7"), ep("10.244.1.5"), ep("10.244.2.6"))
+	// One endpoint on this node (node-a), one elsewhere; or only elsewhere.
+	splitSlice := makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5", onNode("node-a")), ep("10.244.2.6", onNode("node-b")))
+	remoteSlice := makeSlice("default", "web", "web-1", 8080, ep("10.244.2.6", onNode("node-b")), ep("10.244.2.7", onNode("node-b")))
 	cases := []struct {
 		name  string
 		cfg   func(*Config)
@@ -87,7 +91,7 @@ func TestBuildElements(t *testing.T) {
 		name:  "a NodePort is dispatched by protocol and port, masqueraded and load balanced",
 		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withNodePort(30080))}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
 		set:   "service-nodeports-v4",
-		want:  []string{`tcp . 30080 comment "default/web:http" : goto lb-nodeport-v4-3`},
+		want:  []string{`tcp . 30080 comment "default/web:http" : goto external-nodeport-v4-3`},
 	}, {
 		name: "load balancer ingress IPs are external destinations, except ipMode Proxy",
 		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080,
@@ -98,7 +102,7 @@ func TestBuildElements(t *testing.T) {
 		set: "service-ips-v4",
 		want: []string{
 			`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-3`,
-			`203.0.113.10 . tcp . 80 comment "default/web:http" : goto lb-external-v4-3`,
+			`203.0.113.10 . tcp . 80 comment "default/web:http" : goto external-v4-3`,
 		},
 	}, {
 		name:  "external IPs are external destinations with their own endpoint slots",
@@ -167,6 +171,44 @@ func TestBuildElements(t *testing.T) {
 			"10.244.1.7 . 10.244.1.7 . tcp . 8080",
 		},
 	}, {
+		name:  "internalTrafficPolicy Local sends ClusterIP traffic to local endpoints only",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withInternalLocal())}, EndpointSlices: []*discoveryv1.EndpointSlice{splitSlice}},
+		set:   "service-ips-v4",
+		want:  []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-local-v4-1`},
+	}, {
+		name:  "its local endpoint fills the local slots",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withInternalLocal())}, EndpointSlices: []*discoveryv1.EndpointSlice{splitSlice}},
+		set:   "service-local-endpoints-v4",
+		want:  epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080"),
+	}, {
+		name:  "internalTrafficPolicy Local without local endpoints drops ClusterIP traffic",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withInternalLocal())}, EndpointSlices: []*discoveryv1.EndpointSlice{remoteSlice}},
+		set:   "no-endpoint-services-v4",
+		want:  []string{`10.96.0.10 . tcp . 80 comment "default/web:http" : drop`},
+	}, {
+		name:  "externalTrafficPolicy Local sends external traffic through a chain knowing cluster and local counts",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))}, EndpointSlices: []*discoveryv1.EndpointSlice{splitSlice}},
+		set:   "service-ips-v4",
+		want: []string{
+			`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-2`,
+			`203.0.113.10 . tcp . 80 comment "default/web:http" : goto external-local-v4-2-1`,
+		},
+	}, {
+		name:  "a Local NodePort goes through the same kind of chain",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))}, EndpointSlices: []*discoveryv1.EndpointSlice{splitSlice}},
+		set:   "service-nodeports-v4",
+		want:  []string{`tcp . 30080 comment "default/web:http" : goto external-nodeport-local-v4-2-1`},
+	}, {
+		name:  "externalTrafficPolicy Local without local endpoints drops external traffic but keeps the short-circuit",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))}, EndpointSlices: []*discoveryv1.EndpointSlice{remoteSlice}},
+		set:   "no-endpoint-services-v4",
+		want:  []string{`203.0.113.10 . tcp . 80 comment "default/web:http" : drop`},
+	}, {
+		name:  "and drops NodePort traffic the same way",
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))}, EndpointSlices: []*discoveryv1.EndpointSlice{remoteSlice}},
+		set:   "no-endpoint-nodeports-v4",
+		want:  []string{`tcp . 30080 comment "default/web:http" : drop`},
+	}, {
 		name:  "without a node name nothing is local, not even endpoints without one",
 		cfg:   func(c *Config) { c.NodeName = "" },
 		state: State{Services: []*v1.Service{web}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
@@ -203,7 +245,7 @@ func TestBuildChains(t *testing.T) {
 	}
 	tbl := Build(klog.Background(), testConfig(), state)
 	wantChains := []string{
-		"lb-v4-1", "lb-v4-2", "lb-external-v4-2", "lb-nodeport-v4-2",
+		"lb-v4-1", "lb-v4-2", "lb-nodeport-v4-2", "external-v4-2", "external-nodeport-v4-2",
 		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "services", "masquerading",
 		"nat-prerouting", "nat-output", "nat-postrouting", "filter-input", "filter-forward", "filter-output",
 	}
@@ -212,8 +254,9 @@ func TestBuildChains(t *testing.T) {
 	}
 	checks := map[string][]string{
 		"lb-v4-2":                  {"dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v4"},
-		"lb-external-v4-2":         {"meta mark set meta mark | 0x00004000 goto lb-v4-2"},
-		"lb-nodeport-v4-2":         {"meta mark set meta mark | 0x00004000", "dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"},
+		"external-v4-2":            {"meta mark set meta mark | 0x00004000 goto lb-v4-2"},
+		"external-nodeport-v4-2":   {"meta mark set meta mark | 0x00004000 goto lb-nodeport-v4-2"},
+		"lb-nodeport-v4-2":         {"dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-endpoints-v4"},
 		"reject-chain":             {"meta l4proto tcp counter reject with tcp reset", "counter reject"},
 		"service-endpoints-check":  {"ip daddr . meta l4proto . th dport vmap @no-endpoint-services-v4"},
 		"nodeport-endpoints-check": {"ip daddr @nodeport-ips-v4 meta l4proto . th dport vmap @no-endpoint-nodeports-v4"},
@@ -258,5 +301,37 @@ func TestBuildIsDeterministic(t *testing.T) {
 	slices.Reverse(state.EndpointSlices)
 	if diff := cmp.Diff(first, nft.Render(Build(klog.Background(), testConfig(), state))); diff != "" {
 		t.Fatalf("input order changed the table:\n%s", diff)
+	}
+}
+
+func TestBuildExternalLocalChainsAndHealthChecks(t *testing.T) {
+	state := State{
+		Services: []*v1.Service{makeService("default", "web", "10.96.0.10",
+			withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))},
+		EndpointSlices: []*discoveryv1.EndpointSlice{makeSlice("default", "web", "web-1", 8080,
+			ep("10.244.1.5", onNode("node-a")), ep("10.244.1.6", onNode("node-a")), ep("10.244.2.6", onNode("node-b")))},
+	}
+	r := BuildRules(ktesting.NewLogger(t, ktesting.NewConfig()), testConfig(), state)
+	want := []string{
+		`ip saddr 10.244.0.0/16 goto lb-v4-3 comment "short-circuit pod traffic"`,
+		`fib saddr type local meta mark set meta mark | 0x00004000 comment "masquerade local traffic"`,
+		`fib saddr type local goto lb-v4-3 comment "short-circuit local traffic"`,
+		"goto lb-local-v4-2",
+	}
+	if diff := cmp.Diff(want, rules(r.Table, "external-local-v4-3-2")); diff != "" {
+		t.Errorf("external-local-v4-3-2 (-want +got):\n%s", diff)
+	}
+	wantNP := []string{
+		`ip saddr 10.244.0.0/16 goto lb-nodeport-v4-3 comment "short-circuit pod traffic"`,
+		`fib saddr type local meta mark set meta mark | 0x00004000 comment "masquerade local traffic"`,
+		`fib saddr type local goto lb-nodeport-v4-3 comment "short-circuit local traffic"`,
+		"goto lb-nodeport-local-v4-2",
+	}
+	if diff := cmp.Diff(wantNP, rules(r.Table, "external-nodeport-local-v4-3-2")); diff != "" {
+		t.Errorf("external-nodeport-local-v4-3-2 (-want +got):\n%s", diff)
+	}
+	wantHC := map[types.NamespacedName]HealthCheck{{Namespace: "default", Name: "web"}: {Port: 31000, LocalEndpoints: 2}}
+	if diff := cmp.Diff(wantHC, r.HealthChecks); diff != "" {
+		t.Errorf("health checks (-want +got):\n%s", diff)
 	}
 }

@@ -165,3 +165,16 @@ func metaWithService(ns, name, service string) metav1.ObjectMeta {
 	}
 	return m
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func withInternalLocal() svcOpt {
+	return func(s *v1.Service) { s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal) }
+}
+
+func withExternalLocal(healthCheckNodePort int32) svcOpt {
+	return func(s *v1.Service) {
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		s.Spec.HealthCheckNodePort = healthCheckNodePort
+	}
+}

@@ -30,6 +30,27 @@ type servicePort struct {
 	// load balancer ingress IPs of the family.
 	clusterIP netip.Addr
 	external  []netip.Addr
+	// Traffic policies: internal (ClusterIP) and external (NodePort,
+	// external and load balancer IPs) traffic only to endpoints on this node.
+	internalLocal, externalLocal bool
+	// healthCheckNodePort serves the local endpoint count of a LoadBalancer
+	// service with externalTrafficPolicy Local.
+	healthCheckNodePort uint16
+}
+
+// externallyAccessible is kube-proxy's ServicePort.ExternallyAccessible.
+func (sp *servicePort) externallyAccessible() bool { return sp.nodePort != 0 || len(sp.external) > 0 }
+
+// usesClusterEndpoints: internal traffic with the Cluster policy, and
+// external traffic of any policy (pod and host traffic to external
+// destinations is short-circuited to all endpoints).
+func (sp *servicePort) usesClusterEndpoints() bool {
+	return !sp.internalLocal || sp.externallyAccessible()
+}
+
+// usesLocalEndpoints is kube-proxy's ServicePort.UsesLocalEndpoints.
+func (sp *servicePort) usesLocalEndpoints() bool {
+	return sp.internalLocal || (sp.externalLocal && sp.externallyAccessible())
 }
 
 // String names the port as kube-proxy does: ns/name:port.
@@ -118,6 +139,12 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			sp.nodePort = uint16(p.NodePort)
 		}
+		sp.internalLocal = svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+		externallyAccessible := svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer || len(svc.Spec.ExternalIPs) > 0
+		sp.externalLocal = externallyAccessible && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
+		if sp.externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
+			sp.healthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
+		}
 		out = append(out, sp)
 	}
 	return out
@@ -140,78 +167,6 @@ func familyClusterIP(svc *v1.Service, ipv6 bool) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
-}
-
-// endpoint is one address:port a service port can be DNATed to.
-type endpoint struct {
-	addr netip.Addr
-	port uint16
-	// nodeName is the endpoint's node, "" when the slice does not say.
-	nodeName string
-}
-
-// endpointsFor returns the usable endpoints of sp from the service's slices,
-// sorted and without duplicates: ready ones (a nil condition counts as
-// true), and when none is ready, those still serving while terminating, as
-// kube-proxy does.
-func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.EndpointSlice, ipv6 bool) []endpoint {
-	want := discoveryv1.AddressTypeIPv4
-	if ipv6 {
-		want = discoveryv1.AddressTypeIPv6
-	}
-	var ready, serving []endpoint
-	for _, s := range epSlices {
-		if s.AddressType != want {
-			continue
-		}
-		port, ok := slicePort(s, sp)
-		if !ok {
-			continue
-		}
-		for _, ep := range s.Endpoints {
-			c := ep.Conditions
-			isReady := c.Ready == nil || *c.Ready
-			isServing := c.Serving == nil || *c.Serving
-			isTerminating := c.Terminating != nil && *c.Terminating
-			if !isReady && !(isServing && isTerminating) {
-				continue
-			}
-			// One address per endpoint: the others are the same pod.
-			if len(ep.Addresses) == 0 {
-				continue
-			}
-			a, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || a.Zone() != "" || a.Unmap().Is6() != ipv6 {
-				logger.Info("Skipping invalid endpoint address", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
-				continue
-			}
-			e := endpoint{addr: a.Unmap(), port: port}
-			if ep.NodeName != nil {
-				e.nodeName = *ep.NodeName
-			}
-			if isReady {
-				ready = append(ready, e)
-			} else {
-				serving = append(serving, e)
-			}
-		}
-	}
-	eps := ready
-	if len(eps) == 0 {
-		eps = serving
-	}
-	slicesSortEndpoints(eps)
-	// The same endpoint may appear in two slices while it moves between them.
-	return slices.CompactFunc(eps, func(a, b endpoint) bool { return a.addr == b.addr && a.port == b.port })
-}
-
-func slicesSortEndpoints(eps []endpoint) {
-	slices.SortFunc(eps, func(a, b endpoint) int {
-		if c := a.addr.Compare(b.addr); c != 0 {
-			return c
-		}
-		return int(a.port) - int(b.port)
-	})
 }
 
 // slicePort finds the slice's port matching the service port by name and
