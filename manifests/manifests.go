@@ -1,0 +1,55 @@
+// Package manifests holds nftproxy's deployment, applied with
+// `kubectl apply -k manifests/`, and decodes its files for tests and for the
+// e2e harness, which applies the same RBAC objects (rbac.yaml).
+package manifests
+
+import (
+	"bufio"
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"io"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer/json"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/yaml"
+)
+
+//go:embed *.yaml
+var files embed.FS
+
+// strict decodes YAML into client-go's typed objects and fails on unknown
+// or duplicated fields, which the API server would drop or reject.
+var strict = json.NewSerializerWithOptions(json.DefaultMetaFactory, scheme.Scheme, scheme.Scheme,
+	json.SerializerOptions{Yaml: true, Strict: true})
+
+// Objects decodes the objects of one manifest file, e.g. "rbac.yaml", in
+// file order. kustomization.yaml is not a Kubernetes object and fails.
+func Objects(name string) ([]runtime.Object, error) {
+	data, err := files.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read manifest: %w", err)
+	}
+	var objs []runtime.Object
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for doc := 1; ; doc++ {
+		raw, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s document %d: %w", name, doc, err)
+		}
+		if j, err := yaml.YAMLToJSON(raw); err == nil && string(j) == "null" {
+			continue // only comments
+		}
+		obj, _, err := strict.Decode(raw, nil, nil)
+		if err != nil {
+			return nil, fmt.Errorf("decode %s document %d: %w", name, doc, err)
+		}
+		objs = append(objs, obj)
+	}
+}
