@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
 
 // State is the API objects a table is built from.
@@ -27,16 +28,10 @@ type Rules struct {
 	Table *nft.Table
 	// HealthChecks lists the healthCheckNodePort of each LoadBalancer
 	// service with externalTrafficPolicy Local, and its local endpoints.
-	HealthChecks map[types.NamespacedName]HealthCheck
+	HealthChecks map[types.NamespacedName]healthcheck.Check
 	// NodePortAddresses are the addresses NodePorts (and health checks)
 	// are served on.
 	NodePortAddresses []netip.Addr
-}
-
-// HealthCheck is one service's health check port and local endpoint count.
-type HealthCheck struct {
-	Port           uint16
-	LocalEndpoints int
 }
 
 // Build returns the table nftproxy wants for the given objects; see
@@ -65,7 +60,7 @@ func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
 	slices.SortFunc(services, func(a, b *v1.Service) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
-	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]HealthCheck{}}
+	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]healthcheck.Check{}}
 	var built []*familyBuild
 	for _, f := range families() {
 		fb := b.buildFamily(f, services, st.Node, r.HealthChecks)
@@ -204,7 +199,7 @@ func (fb *familyBuild) empty() bool {
 	return len(fb.serviceIPs) == 0 && len(fb.noEndpointServices) == 0 && len(fb.nodePortIPs) == 0 && len(fb.clusterCIDRs) == 0
 }
 
-func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]HealthCheck) *familyBuild {
+func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]healthcheck.Check) *familyBuild {
 	fb := &familyBuild{
 		f:  f,
 		lb: map[int]bool{}, lbLocal: map[int]bool{}, lbNodePort: map[int]bool{}, lbNodePortLocal: map[int]bool{},

@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
 
 func TestBuildElements(t *testing.T) {
@@ -330,7 +331,7 @@ func TestBuildExternalLocalChainsAndHealthChecks(t *testing.T) {
 	if diff := cmp.Diff(wantNP, rules(r.Table, "external-nodeport-local-v4-3-2")); diff != "" {
 		t.Errorf("external-nodeport-local-v4-3-2 (-want +got):\n%s", diff)
 	}
-	wantHC := map[types.NamespacedName]HealthCheck{{Namespace: "default", Name: "web"}: {Port: 31000, LocalEndpoints: 2}}
+	wantHC := map[types.NamespacedName]healthcheck.Check{{Namespace: "default", Name: "web"}: {Port: 31000, LocalEndpoints: 2}}
 	if diff := cmp.Diff(wantHC, r.HealthChecks); diff != "" {
 		t.Errorf("health checks (-want +got):\n%s", diff)
 	}

@@ -77,12 +77,12 @@ func packetCluster(t *testing.T) (*testnet.Cluster, []runtime.Object) {
 
 // startProxier runs the real proxier fed by informers on a fake clientset,
 // programming the node namespace, until the test ends or stop is called.
-func startProxier(t *testing.T, c *testnet.Cluster, client *fake.Clientset) (stop func()) {
+func startProxier(t *testing.T, c *testnet.Cluster, client *fake.Clientset, opts ...Option) (stop func()) {
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2)))
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	cfg := testConfig()
 	cfg.MinSyncPeriod = 10 * time.Millisecond
-	p, err := New(cfg, nft.NewKernel(nft.WithNetNS(c.Node.Fd())))
+	p, err := New(cfg, nft.NewKernel(nft.WithNetNS(c.Node.Fd())), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

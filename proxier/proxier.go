@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
 
 // syncKey is the only workqueue key: every change asks for the same sync,
@@ -34,20 +36,36 @@ type Proxier struct {
 	serviceChanges, sliceChanges int
 	fullPending                  bool
 
-	queue workqueue.TypedRateLimitingInterface[string]
+	queue        workqueue.TypedRateLimitingInterface[string]
+	healthChecks ServiceHealthServer
 
 	// Owned by the sync worker.
 	have     *nft.Table // what the kernel holds, as last committed; nil = unknown
 	lastSync time.Time
 }
 
+// ServiceHealthServer serves the health check ports of services with
+// externalTrafficPolicy Local; healthcheck.Server implements it.
+type ServiceHealthServer interface {
+	Sync(addrs []netip.Addr, checks map[types.NamespacedName]healthcheck.Check)
+}
+
+// Option configures a Proxier.
+type Option func(*Proxier)
+
+// WithServiceHealthServer makes every successful sync update the service
+// health check ports.
+func WithServiceHealthServer(s ServiceHealthServer) Option {
+	return func(p *Proxier) { p.healthChecks = s }
+}
+
 // New returns a Proxier that programs kernel.
-func New(cfg Config, kernel nft.Interface) (*Proxier, error) {
+func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("invalid proxier config: %w", err)
 	}
 	retryMax := max(cfg.SyncPeriod, time.Second)
-	return &Proxier{
+	p := &Proxier{
 		cfg:            cfg,
 		kernel:         kernel,
 		services:       map[types.NamespacedName]*v1.Service{},
@@ -57,7 +75,11 @@ func New(cfg Config, kernel nft.Interface) (*Proxier, error) {
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](500*time.Millisecond, retryMax),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "nftproxy"}),
-	}, nil
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p, nil
 }
 
 // record applies a change to the recorded objects, counts it and asks for
@@ -178,7 +200,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.serviceChanges, p.sliceChanges = 0, 0
 	p.mu.Unlock()
 	// Map order does not matter: Build sorts what it reads.
-	want := Build(logger, p.cfg, st)
+	rules := BuildRules(logger, p.cfg, st)
+	want := rules.Table
 	if full && p.have != nil {
 		ok, err := p.kernel.Check(ctx, p.have)
 		if err != nil || !ok {
@@ -192,6 +215,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		return fmt.Errorf("sync rules: %w", err)
 	}
 	p.have = plan.Committed()
+	if p.healthChecks != nil {
+		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
+	}
 	if len(p.have.Chains) != len(want.Chains) {
 		// Stale chains were flushed; delete them in a sync of their own.
 		p.queue.AddAfter(syncKey, time.Second)

@@ -11,9 +11,11 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier"
+	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
 
 func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
@@ -50,7 +52,9 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create client: %w", err)
 		}
-		p, err := proxier.New(cfg, nft.NewKernel())
+		health := healthcheck.NewServer(klog.FromContext(ctx), nil, nil)
+		defer health.Close()
+		p, err := proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health))
 		if err != nil {
 			return err
 		}

@@ -82,7 +82,7 @@ func TestDumpExamplesMatchesGolden(t *testing.T) {
 	}
 	// Comma-separated and repeated list flags are the same thing.
 	again := nftproxy(t, nil, "dump", "--objects", "../../examples/services.yaml,../../examples/endpointslices.yaml",
-		"--objects", "../../examples/nodes.yaml", "--objects=../../examples/kube-system.json", "--hostname=node-a", "--cluster-cidr=10.244.0.0/16")
+		"--objects", "../../examples/nodes.yaml,../../examples/policies.yaml", "--objects=../../examples/kube-system.json", "--hostname=node-a", "--cluster-cidr=10.244.0.0/16")
 	if again.stdout != r.stdout {
 		t.Errorf("list flags given separately gave another dump:\n%s", again.stderr)
 	}
