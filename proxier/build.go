@@ -8,6 +8,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 
@@ -20,6 +21,9 @@ type State struct {
 	Services       []*v1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Node           *v1.Node // this node; nil if not known yet
+	// ServiceCIDRs are the ranges of ServiceCIDR objects, where the API
+	// serves them.
+	ServiceCIDRs []*networkingv1.ServiceCIDR
 }
 
 // Rules is what a build yields: the table, and what the daemon serves
@@ -52,7 +56,7 @@ func Build(logger klog.Logger, cfg Config, st State) *nft.Table {
 // `numgen random mod n`. A service change is thus element updates only; no
 // chain or set is created per service, which keeps cold starts linear.
 func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
-	b := &builder{logger: logger, cfg: cfg, slices: groupSlices(logger, st.EndpointSlices)}
+	b := &builder{logger: logger, cfg: cfg, slices: groupSlices(logger, st.EndpointSlices), serviceCIDRs: serviceCIDRs(logger, cfg, st.ServiceCIDRs)}
 	if st.Node != nil {
 		b.zone = st.Node.Labels[v1.LabelTopologyZone]
 	}
@@ -82,6 +86,9 @@ type builder struct {
 	cfg    Config
 	zone   string // this node's topology zone
 	slices map[types.NamespacedName][]*discoveryv1.EndpointSlice
+	// serviceCIDRs are the ClusterIP ranges, from the flag and the API,
+	// without overlaps.
+	serviceCIDRs []netip.Prefix
 }
 
 // groupSlices groups EndpointSlices by the service they belong to.
@@ -106,6 +113,7 @@ const (
 	chainReject          = "reject-chain" // "reject" is an nft keyword
 	chainServiceEPCheck  = "service-endpoints-check"
 	chainNodePortEPCheck = "nodeport-endpoints-check"
+	chainClusterIPsCheck = "cluster-ips-check"
 	chainPrerouting      = "nat-prerouting"
 	chainOutput          = "nat-output"
 	chainPostrouting     = "nat-postrouting"
@@ -141,6 +149,7 @@ func (f family) nodePortIPs() string            { return f.name("nodeport-ips") 
 func (f family) hairpin() string                { return f.name("hairpin-connections") }
 func (f family) noEndpointServices() string     { return f.name("no-endpoint-services") }
 func (f family) noEndpointNodePorts() string    { return f.name("no-endpoint-nodeports") }
+func (f family) serviceCIDRs() string           { return f.name("service-cidrs") }
 
 // Chains that pick one of n endpoints by DNAT: of a service IP port's
 // cluster or local endpoints, of a NodePort's.
@@ -183,6 +192,7 @@ type familyBuild struct {
 
 	nodePortAddrs []netip.Addr
 	clusterCIDRs  []netip.Prefix
+	serviceCIDRs  []nft.Element
 
 	clusterIPs, nodePortIPs, hairpin               []nft.Element
 	serviceIPs, serviceEndpoints, serviceLocalEPs  []nft.Element
@@ -196,7 +206,51 @@ type familyBuild struct {
 }
 
 func (fb *familyBuild) empty() bool {
-	return len(fb.serviceIPs) == 0 && len(fb.noEndpointServices) == 0 && len(fb.nodePortIPs) == 0 && len(fb.clusterCIDRs) == 0
+	return len(fb.serviceIPs) == 0 && len(fb.noEndpointServices) == 0 && len(fb.nodePortIPs) == 0 &&
+		len(fb.clusterCIDRs) == 0 && len(fb.serviceCIDRs) == 0
+}
+
+// serviceCIDRs returns the ClusterIP ranges of the flag and of ServiceCIDR
+// objects, without ranges inside others: an interval set refuses overlaps,
+// and the API's default ServiceCIDR usually repeats the flag's range.
+func serviceCIDRs(logger klog.Logger, cfg Config, objs []*networkingv1.ServiceCIDR) []netip.Prefix {
+	all := slices.Clone(cfg.ServiceCIDRs)
+	for _, o := range objs {
+		for _, c := range o.Spec.CIDRs {
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				logger.Info("Skipping invalid CIDR of ServiceCIDR", "serviceCIDR", klog.KObj(o), "cidr", c)
+				continue
+			}
+			all = append(all, p)
+		}
+	}
+	for i, p := range all {
+		all[i] = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmappedBits(p)).Masked()
+	}
+	// Shorter prefixes first: any prefix overlapping an earlier one is
+	// inside it (two CIDRs either nest or are disjoint).
+	slices.SortFunc(all, func(a, b netip.Prefix) int {
+		if a.Bits() != b.Bits() {
+			return a.Bits() - b.Bits()
+		}
+		return a.Addr().Compare(b.Addr())
+	})
+	var out []netip.Prefix
+	for _, p := range all {
+		if !slices.ContainsFunc(out, func(q netip.Prefix) bool { return q.Overlaps(p) }) {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return out
+}
+
+func unmappedBits(p netip.Prefix) int {
+	if p.Addr().Is4In6() {
+		return 96
+	}
+	return 0
 }
 
 func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]healthcheck.Check) *familyBuild {
@@ -211,6 +265,11 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 	for _, p := range b.cfg.ClusterCIDRs {
 		if p.Addr().Is6() == f.ipv6 {
 			fb.clusterCIDRs = append(fb.clusterCIDRs, p.Masked())
+		}
+	}
+	for _, p := range b.serviceCIDRs {
+		if p.Addr().Is6() == f.ipv6 {
+			fb.serviceCIDRs = append(fb.serviceCIDRs, nft.Element{Key: []nft.Datum{nft.Prefix(p)}})
 		}
 	}
 	fb.nodePortAddrs = nodePortAddresses(b.cfg, node, f.ipv6)
@@ -257,6 +316,7 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 		{Name: fb.f.hairpin(), Key: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Comment: "endpoints reaching themselves through a service", Elements: fb.hairpin},
 		{Name: fb.f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without usable endpoints", Elements: fb.noEndpointServices},
 		{Name: fb.f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without usable endpoints", Elements: fb.noEndpointNodePorts},
+		{Name: fb.f.serviceCIDRs(), Key: []nft.Field{daddr}, Interval: true, Comment: "ClusterIP ranges", Elements: fb.serviceCIDRs},
 	}
 	for _, s := range sets {
 		t.AddSet(s)

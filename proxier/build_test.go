@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
@@ -247,7 +248,7 @@ func TestBuildChains(t *testing.T) {
 	tbl := Build(klog.Background(), testConfig(), state)
 	wantChains := []string{
 		"lb-v4-1", "lb-v4-2", "lb-nodeport-v4-2", "external-v4-2", "external-nodeport-v4-2",
-		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "services", "masquerading",
+		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "cluster-ips-check", "services", "masquerading",
 		"nat-prerouting", "nat-output", "nat-postrouting", "filter-input", "filter-forward", "filter-output",
 	}
 	if diff := cmp.Diff(wantChains, chainNames(tbl)); diff != "" {
@@ -262,7 +263,11 @@ func TestBuildChains(t *testing.T) {
 		"service-endpoints-check":  {"ip daddr . meta l4proto . th dport vmap @no-endpoint-services-v4"},
 		"nodeport-endpoints-check": {"ip daddr @nodeport-ips-v4 meta l4proto . th dport vmap @no-endpoint-nodeports-v4"},
 		"filter-input":             {"ct state new jump nodeport-endpoints-check", "ct state new jump service-endpoints-check"},
-		"filter-forward":           {"ct state new jump service-endpoints-check"},
+		"filter-forward":           {"ct state new jump service-endpoints-check", "ct state new jump cluster-ips-check"},
+		"cluster-ips-check": {
+			`ip daddr @cluster-ips-v4 goto reject-chain comment "reject traffic to invalid ports of ClusterIPs"`,
+			`ip daddr @service-cidrs-v4 drop comment "drop traffic to unallocated ClusterIPs"`,
+		},
 		"services": {
 			`ip daddr @cluster-ips-v4 ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x00004000 comment "masquerade off-cluster traffic to ClusterIPs"`,
 			"ip daddr . meta l4proto . th dport vmap @service-ips-v4",
@@ -334,5 +339,21 @@ func TestBuildExternalLocalChainsAndHealthChecks(t *testing.T) {
 	wantHC := map[types.NamespacedName]healthcheck.Check{{Namespace: "default", Name: "web"}: {Port: 31000, LocalEndpoints: 2}}
 	if diff := cmp.Diff(wantHC, r.HealthChecks); diff != "" {
 		t.Errorf("health checks (-want +got):\n%s", diff)
+	}
+}
+
+func TestServiceCIDRsAreMergedWithoutOverlaps(t *testing.T) {
+	cfg := testConfig()
+	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:10:96::/112")}
+	objs := []*networkingv1.ServiceCIDR{
+		{ObjectMeta: metaWithService("", "kubernetes", ""), Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.96.0.0/12", "fd00:10:96::/112"}}},
+		{ObjectMeta: metaWithService("", "extra", ""), Spec: networkingv1.ServiceCIDRSpec{CIDRs: []string{"10.100.0.0/16", "10.200.0.0/24", "garbage"}}},
+	}
+	got := BuildRules(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, State{ServiceCIDRs: objs}).Table
+	if diff := cmp.Diff([]string{"10.200.0.0/24", "10.96.0.0/12"}, elements(got, "service-cidrs-v4")); diff != "" {
+		t.Errorf("IPv4 ranges (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"fd00:10:96::/112"}, elements(got, "service-cidrs-v6")); diff != "" {
+		t.Errorf("IPv6 ranges (-want +got):\n%s", diff)
 	}
 }

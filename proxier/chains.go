@@ -45,6 +45,18 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fb.f.noEndpointNodePorts()})
 	}
 
+	// Traffic to a ClusterIP that DNAT left alone: an unknown port of a
+	// known ClusterIP is rejected, an unallocated address of the service
+	// ranges dropped, as kube-proxy does.
+	ipsCheck := t.AddChain(&nft.Chain{Name: chainClusterIPsCheck})
+	for _, fb := range built {
+		daddr := nft.Daddr(fb.f.ipv6)
+		ipsCheck.AddRuleWithComment("reject traffic to invalid ports of ClusterIPs",
+			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.clusterIPs()}, nft.Goto(chainReject))
+		ipsCheck.AddRuleWithComment("drop traffic to unallocated ClusterIPs",
+			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.serviceCIDRs()}, nft.Drop)
+	}
+
 	svc := t.AddChain(&nft.Chain{Name: chainServices})
 	for _, fb := range built {
 		daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
@@ -89,8 +101,8 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 		}
 	}
 	filter(chainFilterInput, nft.HookInput, chainNodePortEPCheck, chainServiceEPCheck)
-	filter(chainFilterForward, nft.HookForward, chainServiceEPCheck)
-	filter(chainFilterOutput, nft.HookOutput, chainNodePortEPCheck, chainServiceEPCheck)
+	filter(chainFilterForward, nft.HookForward, chainServiceEPCheck, chainClusterIPsCheck)
+	filter(chainFilterOutput, nft.HookOutput, chainNodePortEPCheck, chainServiceEPCheck, chainClusterIPsCheck)
 }
 
 // addFamilyChains adds the chains one family's elements point to.

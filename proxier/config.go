@@ -26,6 +26,10 @@ type Config struct {
 	// ClusterCIDRs are the pod networks (--cluster-cidr). Traffic from
 	// outside them to a ClusterIP is masqueraded.
 	ClusterCIDRs []netip.Prefix
+	// ServiceCIDRs are the ClusterIP ranges (--service-cluster-ip-range),
+	// besides those of ServiceCIDR objects: traffic to their unallocated
+	// addresses is dropped.
+	ServiceCIDRs []netip.Prefix
 	// NodePortAddresses selects the addresses NodePorts listen on
 	// (--nodeport-addresses): CIDRs and/or "primary" (the node's
 	// InternalIPs). Empty means primary, as in kube-proxy's nftables mode.

@@ -6,6 +6,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -78,16 +79,60 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 			return fmt.Errorf("add event handler: %w", err)
 		}
 	}
+	synced := []cache.InformerSynced{svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced}
+	if servesServiceCIDRs(client) {
+		cidrInformer := factory.Networking().V1().ServiceCIDRs().Informer()
+		_, err := cidrInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(o any) { p.setServiceCIDR(o) },
+			UpdateFunc: func(_, o any) { p.setServiceCIDR(o) },
+			DeleteFunc: func(o any) {
+				if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+					o = d.Obj
+				}
+				if m, err := metaAccessor(o); err == nil {
+					p.DeleteServiceCIDR(m.GetName())
+				}
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("add event handler: %w", err)
+		}
+		synced = append(synced, cidrInformer.HasSynced)
+	} else {
+		logger.Info("The API serves no ServiceCIDRs; using --service-cluster-ip-range only")
+	}
 	for _, f := range []informers.SharedInformerFactory{factory, sliceFactory, nodeFactory} {
 		f.Start(ctx.Done())
 		defer f.Shutdown()
 	}
 	logger.Info("Waiting for caches to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("wait for informer caches: %w", ctx.Err())
 	}
 	p.Run(ctx)
 	return nil
+}
+
+func (p *Proxier) setServiceCIDR(o any) {
+	if c, ok := o.(*networkingv1.ServiceCIDR); ok {
+		p.SetServiceCIDR(c)
+	}
+}
+
+// servesServiceCIDRs reports whether the API server serves ServiceCIDR
+// objects (networking.k8s.io/v1, Kubernetes 1.33 and later); watching a
+// resource it does not serve would never sync.
+func servesServiceCIDRs(client kubernetes.Interface) bool {
+	list, err := client.Discovery().ServerResourcesForGroupVersion(networkingv1.SchemeGroupVersion.String())
+	if err != nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == "servicecidrs" {
+			return true
+		}
+	}
+	return false
 }
 
 func metaKey(o any) (types.NamespacedName, error) {

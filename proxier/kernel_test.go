@@ -82,6 +82,7 @@ func startProxier(t *testing.T, c *testnet.Cluster, client *fake.Clientset, opts
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	cfg := testConfig()
 	cfg.MinSyncPeriod = 10 * time.Millisecond
+	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}
 	p, err := New(cfg, nft.NewKernel(nft.WithNetNS(c.Node.Fd())), opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -210,6 +211,20 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		_, err = c.Client.DialTCP(t, vipPort(emptyIP, 80), 5*time.Second)
 		if !testnet.IsRefused(err) {
 			t.Errorf("TCP from outside: got %v, want refused", err)
+		}
+	})
+	t.Run("an unknown port of a ClusterIP is refused, an unallocated ClusterIP dropped", func(t *testing.T) {
+		if _, err := podA.NS.DialTCP(t, vipPort(webIP, 81), 2*time.Second); !testnet.IsRefused(err) {
+			t.Errorf("unknown TCP port: got %v, want refused", err)
+		}
+		if _, err := podA.NS.DialUDP(t, vipPort(webIP, 53), 2*time.Second); !testnet.IsRefused(err) {
+			t.Errorf("unknown UDP port: got %v, want refused", err)
+		}
+		if _, err := c.Node.DialTCP(t, vipPort(webIP, 81), 2*time.Second); !testnet.IsRefused(err) {
+			t.Errorf("unknown port from the node: got %v, want refused", err)
+		}
+		if _, err := podA.NS.DialTCP(t, vipPort("10.96.7.7", 80), time.Second); !testnet.IsTimeout(err) {
+			t.Errorf("unallocated ClusterIP: got %v, want dropped", err)
 		}
 	})
 	t.Run("removing an endpoint stops new connections to it", func(t *testing.T) {

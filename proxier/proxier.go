@@ -9,6 +9,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -31,6 +32,7 @@ type Proxier struct {
 	mu             sync.Mutex
 	services       map[types.NamespacedName]*v1.Service
 	endpointSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
+	serviceCIDRs   map[string]*networkingv1.ServiceCIDR
 	node           *v1.Node
 	// Changes recorded since the last sync, for the sync's log line.
 	serviceChanges, sliceChanges int
@@ -70,6 +72,7 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 		kernel:         kernel,
 		services:       map[types.NamespacedName]*v1.Service{},
 		endpointSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		serviceCIDRs:   map[string]*networkingv1.ServiceCIDR{},
 		// A failed apply is retried with exponential backoff, from half a
 		// second up to the sync period.
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -116,6 +119,16 @@ func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
 // DeleteEndpointSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteEndpointSlice(key types.NamespacedName) {
 	p.record(&p.sliceChanges, func() { delete(p.endpointSlices, key) })
+}
+
+// SetServiceCIDR records a ServiceCIDR (added or updated).
+func (p *Proxier) SetServiceCIDR(c *networkingv1.ServiceCIDR) {
+	p.record(nil, func() { p.serviceCIDRs[c.Name] = c })
+}
+
+// DeleteServiceCIDR forgets a ServiceCIDR.
+func (p *Proxier) DeleteServiceCIDR(name string) {
+	p.record(nil, func() { delete(p.serviceCIDRs, name) })
 }
 
 // SetNode records this node (nil when it was deleted).
@@ -193,6 +206,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	for _, s := range p.endpointSlices {
 		st.EndpointSlices = append(st.EndpointSlices, s)
+	}
+	for _, c := range p.serviceCIDRs {
+		st.ServiceCIDRs = append(st.ServiceCIDRs, c)
 	}
 	full := p.fullPending || p.have == nil
 	p.fullPending = false
