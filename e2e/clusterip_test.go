@@ -28,6 +28,7 @@ func testClusterIP(t *testing.T, c *harness.Cluster) {
 	client := harness.PodNS(pods["client"])
 
 	t.Run("FromPod", func(t *testing.T) {
+		s := s.with(t)
 		for _, proto := range []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP} {
 			port := map[v1.Protocol]string{v1.ProtocolTCP: "tcp", v1.ProtocolUDP: "udp"}[proto]
 			got := s.waitAnswers(client, proto, clusterIP(svc, port), backends...)
@@ -36,6 +37,7 @@ func testClusterIP(t *testing.T, c *harness.Cluster) {
 	})
 
 	t.Run("FromNode", func(t *testing.T) {
+		s := s.with(t)
 		node := s.node("node2")
 		got := s.waitAnswers(node.NS, v1.ProtocolTCP, clusterIP(svc, "tcp"), backends...)
 		// Off-cluster sources are masqueraded: to the LAN address towards
@@ -44,6 +46,7 @@ func testClusterIP(t *testing.T, c *harness.Cluster) {
 	})
 
 	t.Run("Spread", func(t *testing.T) {
+		s := s.with(t)
 		const n = 90
 		got := s.collect(client, v1.ProtocolTCP, clusterIP(svc, "tcp"), n)
 		for _, b := range backends {

@@ -30,6 +30,9 @@ func TestE2E(t *testing.T) {
 		run  func(t *testing.T, c *harness.Cluster)
 	}{
 		{"ClusterIP", testClusterIP},
+		{"NodePortLoadBalancerExternalIP", testExternal},
+		{"ExternalTrafficPolicyLocal", testExternalTrafficPolicyLocal},
+		{"NotReadyAndTerminating", testNotReadyAndTerminating},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c) })
