@@ -1,0 +1,14 @@
+# The nftproxy image: the static binary and nothing else (no shell, no `nft`:
+# rules go through netlink). Built offline from a binary built beforehand:
+#
+#   hack/image.sh        # CGO_ENABLED=0 go build, then podman build
+#
+# The build context is a directory holding only that binary. Dockerfile.multistage
+# builds the same image from source in a golang builder.
+FROM scratch
+ARG VERSION=devel
+LABEL org.opencontainers.image.title=nftproxy \
+      org.opencontainers.image.description="kube-proxy replacement programming nftables through netlink" \
+      org.opencontainers.image.version=$VERSION
+COPY nftproxy /nftproxy
+ENTRYPOINT ["/nftproxy"]
