@@ -207,6 +207,14 @@ func (m VerdictMap) lower(l *lowerer) error {
 	return nil
 }
 
+func (u UpdateSet) lower(l *lowerer) error {
+	if err := l.loadFields(u.Fields); err != nil {
+		return err
+	}
+	l.emit(&expr.Dynset{SrcRegKey: reg1, SetName: u.Set, Operation: unix.NFT_DYNSET_OP_UPDATE})
+	return nil
+}
+
 func (Counter) lower(l *lowerer) error {
 	l.emit(&expr.Counter{})
 	return nil

@@ -33,6 +33,11 @@ func (r Rule) validate(t *Table) error {
 			err = checkSetRef(t, e.Map, e.Fields, true, false)
 		case DNATMap:
 			err = checkSetRef(t, e.Map, e.Fields, false, true)
+		case UpdateSet:
+			err = checkSetRef(t, e.Set, e.Fields, false, false)
+			if err == nil && !t.Set(e.Set).Dynamic {
+				err = fmt.Errorf("update of %s, which is not dynamic", e.Set)
+			}
 		case Verdict:
 			if (e.Kind == VerdictJump || e.Kind == VerdictGoto) && t.Chain(e.Chain) == nil {
 				err = fmt.Errorf("%s to missing chain %s", e.Kind, e.Chain)
@@ -175,6 +180,19 @@ func renderFields(b *strings.Builder, fields []Field) {
 		}
 		b.WriteString(f.String())
 	}
+}
+
+// UpdateSet is `update @set { f1 . f2 … }`: adds the key to a dynamic set,
+// or refreshes its timeout.
+type UpdateSet struct {
+	Set    string
+	Fields []Field
+}
+
+func (u UpdateSet) render(b *strings.Builder) {
+	b.WriteString("update @" + u.Set + " { ")
+	renderFields(b, u.Fields)
+	b.WriteString(" }")
 }
 
 // Counter counts packets and bytes.

@@ -40,6 +40,13 @@ func sampleTable(services int) *Table {
 	post := t.AddChain(&Chain{Name: "nat-postrouting", Base: &BaseChain{Type: ChainTypeNAT, Hook: HookPostrouting, Priority: PrioritySrcNAT}})
 	post.AddRule(MarkMatch{Mask: 0x4000}, SetMarkXor{Bits: 0x4000}, Masquerade{})
 	post.AddRule(CtStatusDNAT{}, SetMatch{Fields: []Field{IPv4Saddr, IPv4Daddr, L4Proto, THDport}, Set: "hairpin"}, Masquerade{})
+	aff := t.AddChain(&Chain{Name: "endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"})
+	aff.AddRule(UpdateSet{Set: "affinity", Fields: []Field{IPv4Saddr}})
+	aff.AddRule(Match{Field: L4Proto, Value: Proto(ProtoTCP)}, DNAT{Addr: netip.MustParseAddr("10.244.1.5"), Port: 8080})
+	t.AddSet(&Set{Name: "affinity-slots", Key: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(1)}, Verdict: true,
+		Elements: []Element{{Key: []Datum{Addr(netip.MustParseAddr("10.96.0.1")), Proto(ProtoTCP), Port(80), Int(0)}, Verdict: ptr(Goto("endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"))}}})
+	svc.AddRule(SetMatch{Fields: []Field{IPv4Saddr}, Set: "affinity"}, Goto("endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"))
+	svc.AddRule(VerdictMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(2)}, Map: "affinity-slots"})
 	fwd := t.AddChain(&Chain{Name: "filter-forward", Base: &BaseChain{Type: ChainTypeFilter, Hook: HookForward, Priority: PriorityFilter}})
 	fwd.AddRule(CtStateNew{}, Match{Field: IPv6Daddr, Value: Addr(netip.MustParseAddr("fd00::1"))}, Drop)
 

@@ -23,6 +23,7 @@ const (
 	udataTypeofData = 1
 
 	// nft's expression type numbers (enum expr_types).
+	nftExprVerdict = 1
 	nftExprPayload = 7
 	nftExprMeta    = 9
 	nftExprConcat  = 13
@@ -70,6 +71,16 @@ func setUserData(s *Set) ([]byte, error) {
 		}
 		if u, err = u.add(udataSetKeyTypeof, key); err != nil {
 			return nil, err
+		}
+		if s.Verdict {
+			verdict := udata{}.addU32(udataTypeofExpr, nftExprVerdict)
+			if verdict, err = verdict.add(udataTypeofData, nil); err != nil {
+				return nil, err
+			}
+			if u, err = u.add(udataSetDataTypeof, verdict); err != nil {
+				return nil, err
+			}
+			u = u.addU32(udataSetDataInterval, 0)
 		}
 		if len(s.Value) > 0 {
 			val, err := typeofUdata(s.Value)

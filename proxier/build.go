@@ -150,6 +150,10 @@ func (f family) hairpin() string                { return f.name("hairpin-connect
 func (f family) noEndpointServices() string     { return f.name("no-endpoint-services") }
 func (f family) noEndpointNodePorts() string    { return f.name("no-endpoint-nodeports") }
 func (f family) serviceCIDRs() string           { return f.name("service-cidrs") }
+func (f family) affinityEndpoints() string      { return f.name("affinity-endpoints") }
+func (f family) affinityNodePortEndpoints() string {
+	return f.name("affinity-nodeport-endpoints")
+}
 
 // Chains that pick one of n endpoints by DNAT: of a service IP port's
 // cluster or local endpoints, of a NodePort's.
@@ -198,6 +202,8 @@ type familyBuild struct {
 	serviceIPs, serviceEndpoints, serviceLocalEPs  []nft.Element
 	nodePorts, nodePortEndpoints, nodePortLocalEPs []nft.Element
 	noEndpointServices, noEndpointNodePorts        []nft.Element
+	affinityEPs, affinityNodePortEPs               []nft.Element
+	affinity                                       []*affinityPort
 	lb, lbLocal, lbNodePort, lbNodePortLocal       map[int]bool
 	external, externalNodePort                     map[int]bool
 	externalLocal, externalNodePortLocal           map[[2]int]bool
@@ -317,6 +323,8 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 		{Name: fb.f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without usable endpoints", Elements: fb.noEndpointServices},
 		{Name: fb.f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without usable endpoints", Elements: fb.noEndpointNodePorts},
 		{Name: fb.f.serviceCIDRs(), Key: []nft.Field{daddr}, Interval: true, Comment: "ClusterIP ranges", Elements: fb.serviceCIDRs},
+		{Name: fb.f.affinityEndpoints(), Key: slot(vip), Verdict: true, Comment: "endpoint chain of each slot of a service IP port with session affinity", Elements: fb.affinityEPs},
+		{Name: fb.f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity", Elements: fb.affinityNodePortEPs},
 	}
 	for _, s := range sets {
 		t.AddSet(s)

@@ -26,6 +26,7 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}
 	for _, fb := range built {
 		b.addFamilyChains(t, fb, masq)
+		b.addAffinity(t, fb, masq)
 	}
 
 	// A port without endpoints is refused at once, as kube-proxy does: TCP

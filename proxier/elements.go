@@ -39,6 +39,11 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 			fb.lbLocal[m] = true
 			fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbLocalChain(m), comment))
+		case sp.affinity > 0:
+			a := fb.affinityFor(sp, cluster)
+			a.vip = true
+			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key)
+			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceChain(), comment))
 		default:
 			fb.lb[n] = true
 			fb.serviceEndpoints = appendSlots(fb.serviceEndpoints, key, cluster)
@@ -51,7 +56,12 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 		if !ok {
 			continue
 		}
-		if hasEndpoints {
+		if hasEndpoints && sp.affinity > 0 && !sp.externalLocal {
+			a := fb.affinityFor(sp, cluster)
+			a.vip, a.external = true, true
+			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key)
+			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.externalChain(), comment))
+		} else if hasEndpoints {
 			// Cluster endpoints serve the Cluster policy, and pod and host
 			// traffic under the Local policy.
 			fb.lb[n] = true
@@ -84,7 +94,12 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 	fb.seenNodePorts[id] = true
 	key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
-	if hasEndpoints {
+	if hasEndpoints && sp.affinity > 0 && !sp.externalLocal {
+		a := fb.affinityFor(sp, cluster)
+		a.nodePort, a.externalNodePort = true, true
+		fb.affinityNodePortEPs = appendAffinitySlots(fb.affinityNodePortEPs, a, key)
+		fb.nodePorts = append(fb.nodePorts, vmapElement(key, a.externalNodePortChain(), comment))
+	} else if hasEndpoints {
 		fb.lbNodePort[n] = true
 		fb.nodePortEndpoints = appendSlots(fb.nodePortEndpoints, key, cluster)
 		target := fb.f.externalChain(true, n)

@@ -178,3 +178,10 @@ func withExternalLocal(healthCheckNodePort int32) svcOpt {
 		s.Spec.HealthCheckNodePort = healthCheckNodePort
 	}
 }
+
+func withAffinity(seconds int32) svcOpt {
+	return func(s *v1.Service) {
+		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(seconds)}}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -36,6 +37,8 @@ type servicePort struct {
 	// healthCheckNodePort serves the local endpoint count of a LoadBalancer
 	// service with externalTrafficPolicy Local.
 	healthCheckNodePort uint16
+	// affinity is the ClientIP session affinity timeout, 0 without.
+	affinity time.Duration
 }
 
 // externallyAccessible is kube-proxy's ServicePort.ExternallyAccessible.
@@ -144,6 +147,12 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		sp.externalLocal = externallyAccessible && svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal
 		if sp.externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
 			sp.healthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
+		}
+		if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+			sp.affinity = time.Duration(v1.DefaultClientIPServiceAffinitySeconds) * time.Second
+			if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
+				sp.affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+			}
 		}
 		out = append(out, sp)
 	}
