@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -13,7 +14,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -98,6 +98,17 @@ type podSpec struct {
 // It returns them by name.
 func (s *scenario) createPods(specs ...podSpec) map[string]*v1.Pod {
 	s.t.Helper()
+	s.submitPods(specs...)
+	out := map[string]*v1.Pod{}
+	for _, p := range specs {
+		out[p.name] = s.waitPod(p.name, isReady)
+	}
+	return out
+}
+
+// submitPods creates the pods and returns at once.
+func (s *scenario) submitPods(specs ...podSpec) {
+	s.t.Helper()
 	for _, p := range specs {
 		pod := &v1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{"app": p.app}},
@@ -114,11 +125,6 @@ func (s *scenario) createPods(specs ...podSpec) map[string]*v1.Pod {
 			s.t.Fatalf("create pod %s: %v", p.name, err)
 		}
 	}
-	out := map[string]*v1.Pod{}
-	for _, p := range specs {
-		out[p.name] = s.waitPod(p.name, isReady)
-	}
-	return out
 }
 
 // isReady reports whether the pod has an IP and is Ready.
@@ -379,10 +385,6 @@ func (l *trafficLoop) finish(t *testing.T) {
 	}
 }
 
-// ignoreNotFound returns nil for a NotFound error.
-func ignoreNotFound(err error) error {
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	return err
-}
+// errNotYet is what an eventually function returns while waiting for
+// something that has no better error to show.
+var errNotYet = errors.New("not yet")

@@ -33,6 +33,8 @@ func TestE2E(t *testing.T) {
 		{"NodePortLoadBalancerExternalIP", testExternal},
 		{"ExternalTrafficPolicyLocal", testExternalTrafficPolicyLocal},
 		{"NotReadyAndTerminating", testNotReadyAndTerminating},
+		{"ScaleLatency", testScaleLatency},
+		{"RestartProxy", testRestartProxy},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c) })

@@ -261,8 +261,13 @@ func (k *Kubelet) stopPod(ctx context.Context, key string) error {
 		return nil
 	}
 	rp.stop()
+	// The network goes first, as when a real kubelet kills the containers
+	// and the CNI plugin removes the pod's interface: until nftproxy drops
+	// the endpoint, connections to it time out rather than being refused by
+	// the pod's closed sockets, which would look like nftproxy's reject.
+	err := deletePodLink(ctx, rp.node, rp.uid)
 	rp.echo.Close()
-	err := deletePodNetwork(ctx, rp.uid)
+	err = errors.Join(err, deletePodNetwork(ctx, rp.uid))
 	k.release(rp.node, rp.ip)
 	klog.FromContext(ctx).V(2).Info("Stopped pod", "pod", key, "node", rp.node.Name, "ip", rp.ip)
 	return err

@@ -21,6 +21,8 @@ type Paths struct {
 	State string
 	// Logs holds one log file per process; it is kept after Down.
 	Logs string
+	// Results holds measurements the tests write; Up and Down keep it.
+	Results string
 }
 
 // FindPaths locates the repository root from the working directory upward
@@ -36,9 +38,10 @@ func FindPaths() (Paths, error) {
 		if err == nil && bytes.HasPrefix(b, []byte(mainModule)) {
 			cache := filepath.Join(dir, ".cache")
 			return Paths{
-				Bin:   filepath.Join(cache, "bin"),
-				State: filepath.Join(cache, "e2e", "state"),
-				Logs:  filepath.Join(cache, "e2e", "logs"),
+				Bin:     filepath.Join(cache, "bin"),
+				State:   filepath.Join(cache, "e2e", "state"),
+				Logs:    filepath.Join(cache, "e2e", "logs"),
+				Results: filepath.Join(cache, "e2e", "results"),
 			}, nil
 		}
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -48,6 +49,19 @@ func createPodNetwork(ctx context.Context, n NodeSpec, uid types.UID, ip netip.A
 		}
 	}
 	return ns, nil
+}
+
+// deletePodLink deletes the node's end of the pod's veth pair, and with it
+// the pod's route; the pod is unreachable at once.
+func deletePodLink(ctx context.Context, n NodeSpec, uid types.UID) error {
+	link := podLink(uid)
+	if _, err := os.Stat("/run/netns/" + n.NS.Name); err != nil {
+		return nil // the node is gone: Down runs
+	}
+	if err := n.NS.IP(ctx, "link", "del", link); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+		return fmt.Errorf("delete pod link %s on %s: %w", link, n.Name, err)
+	}
+	return nil
 }
 
 // deletePodNetwork deletes the pod's namespace; its veth pair, and with it

@@ -7,12 +7,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
 )
+
+// startMarker starts the line Start writes into the log file.
+const startMarker = "=== starting"
 
 // Process is a long-running program inside a namespace, such as etcd or
 // nftproxy, with its output appended to a log file. It can be stopped and
@@ -52,7 +56,7 @@ func (p *Process) Start(ctx context.Context) error {
 		return fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	defer log.Close()
-	fmt.Fprintf(log, "=== %s: starting %q in netns %s\n", time.Now().Format(time.RFC3339Nano), p.Args, p.NS.Name)
+	fmt.Fprintf(log, "%s %s: %q in netns %s\n", startMarker, time.Now().Format(time.RFC3339Nano), p.Args, p.NS.Name)
 	// Not CommandContext: the process lives until Stop, not until ctx ends.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", p.NS.Name}, p.Args...)...)
 	cmd.Stdout, cmd.Stderr = log, log
@@ -131,4 +135,17 @@ func (p *Process) Exited() <-chan struct{} {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.done
+}
+
+// LogSinceStart returns what the process logged since its last start.
+func (p *Process) LogSinceStart() (string, error) {
+	b, err := os.ReadFile(p.LogPath())
+	if err != nil {
+		return "", fmt.Errorf("read log of %s: %w", p.Name, err)
+	}
+	s := string(b)
+	if i := strings.LastIndex(s, startMarker); i >= 0 {
+		s = s[i:]
+	}
+	return s, nil
 }
