@@ -213,6 +213,9 @@ func (e *encoder) kernelSet(s *Set) (*nftables.Set, error) {
 		Timeout:    s.Timeout,
 		Dynamic:    s.Dynamic,
 		IsMap:      s.IsMap(),
+		// Concatenated intervals live in the kernel's pipapo sets, which
+		// need the field lengths; nft sets the flag only for those.
+		Concatenation: s.Interval && len(s.Key) > 1,
 	}
 	switch {
 	case s.Verdict:
@@ -260,12 +263,21 @@ func kernelType(fields []Field) (nftables.SetDatatype, error) {
 // writes them.
 func kernelElements(s *Set, elems []Element) ([]nftables.SetElement, error) {
 	out := make([]nftables.SetElement, 0, len(elems))
-	if s.Interval && len(elems) > 0 {
+	concatInterval := s.Interval && len(s.Key) > 1
+	if s.Interval && !concatInterval && len(elems) > 0 {
 		zero := make([]byte, s.Key[0].size())
 		out = append(out, nftables.SetElement{Key: zero, IntervalEnd: true})
 	}
 	for _, e := range elems {
 		ke := nftables.SetElement{Key: e.keyBytes(), Comment: e.Comment}
+		if concatInterval {
+			// A pipapo element is a range per field, first to last value.
+			ends := make([]Datum, len(e.Key))
+			for i, d := range e.Key {
+				ends[i] = d.last()
+			}
+			ke.KeyEnd = concatBytes(ends)
+		}
 		switch {
 		case e.Verdict != nil:
 			v, err := kernelVerdict(*e.Verdict)
@@ -277,7 +289,7 @@ func kernelElements(s *Set, elems []Element) ([]nftables.SetElement, error) {
 			ke.Val = concatBytes(e.Value)
 		}
 		out = append(out, ke)
-		if s.Interval {
+		if s.Interval && !concatInterval {
 			if end, ok := intervalEnd(e.Key[0]); ok {
 				out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
 			}

@@ -233,6 +233,20 @@ func (d Datum) String() string {
 	return "?"
 }
 
+// last returns the last value a datum covers: the last address of a
+// prefix, the value itself otherwise.
+func (d Datum) last() Datum {
+	if d.kind != datumPrefix {
+		return d
+	}
+	b := d.addr.AsSlice()
+	for i := int(d.num); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return Datum{kind: datumAddr, addr: a}
+}
+
 // prefix returns a prefix datum's prefix.
 func (d Datum) prefix() netip.Prefix { return netip.PrefixFrom(d.addr, int(d.num)) }
 

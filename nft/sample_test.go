@@ -17,6 +17,9 @@ func sampleTable(services int) *Table {
 	cidrs.AddElement(Element{Key: []Datum{Prefix(netip.MustParsePrefix("10.244.0.0/16"))}})
 	cidrs.AddElement(Element{Key: []Datum{Prefix(netip.MustParsePrefix("172.16.5.0/24"))}})
 	t.AddSet(&Set{Name: "affinity", Key: []Field{IPv4Saddr}, Timeout: 10800e9, Dynamic: true})
+	fw := t.AddSet(&Set{Name: "firewall-allow", Key: []Field{IPv4Daddr, L4Proto, THDport, IPv4Saddr}, Interval: true})
+	fw.AddElement(Element{Key: []Datum{Addr(netip.MustParseAddr("203.0.113.10")), Proto(ProtoTCP), Port(443), Prefix(netip.MustParsePrefix("192.168.0.0/16"))}})
+	fw.AddElement(Element{Key: []Datum{Addr(netip.MustParseAddr("203.0.113.10")), Proto(ProtoTCP), Port(443), Prefix(netip.MustParsePrefix("10.1.2.3/32"))}})
 	t.AddSet(&Set{Name: "v6-endpoints", Key: []Field{IPv6Daddr, L4Proto, THDport, NumgenRandom(1)}, Value: []Field{IPv6Daddr, THDport}})
 
 	for _, n := range []uint32{1, 2, 3} {
@@ -47,6 +50,7 @@ func sampleTable(services int) *Table {
 		Elements: []Element{{Key: []Datum{Addr(netip.MustParseAddr("10.96.0.1")), Proto(ProtoTCP), Port(80), Int(0)}, Verdict: ptr(Goto("endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"))}}})
 	svc.AddRule(SetMatch{Fields: []Field{IPv4Saddr}, Set: "affinity"}, Goto("endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"))
 	svc.AddRule(VerdictMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(2)}, Map: "affinity-slots"})
+	svc.AddRule(SetMatch{Fields: []Field{IPv4Daddr, L4Proto, THDport, IPv4Saddr}, Set: "firewall-allow", Negate: true}, Drop)
 	fwd := t.AddChain(&Chain{Name: "filter-forward", Base: &BaseChain{Type: ChainTypeFilter, Hook: HookForward, Priority: PriorityFilter}})
 	fwd.AddRule(CtStateNew{}, Match{Field: IPv6Daddr, Value: Addr(netip.MustParseAddr("fd00::1"))}, Drop)
 

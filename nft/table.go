@@ -246,10 +246,6 @@ func (s *Set) validate() error {
 	if len(s.Comment) > maxCommentLen {
 		return fmt.Errorf("set %s: comment longer than %d bytes", s.Name, maxCommentLen)
 	}
-	if s.Interval && len(s.Key) > 1 {
-		// Concatenated intervals (pipapo) are not modelled yet.
-		return fmt.Errorf("set %s: interval sets take a single key field", s.Name)
-	}
 	seen := make(map[string]bool, len(s.Elements))
 	for i, e := range s.Elements {
 		if err := s.validateElement(e); err != nil {

@@ -114,6 +114,9 @@ const (
 	chainServiceEPCheck  = "service-endpoints-check"
 	chainNodePortEPCheck = "nodeport-endpoints-check"
 	chainClusterIPsCheck = "cluster-ips-check"
+	chainFirewallCheck   = "firewall-check"
+	chainPreroutingPre   = "filter-prerouting-pre-dnat"
+	chainOutputPre       = "filter-output-pre-dnat"
 	chainPrerouting      = "nat-prerouting"
 	chainOutput          = "nat-output"
 	chainPostrouting     = "nat-postrouting"
@@ -151,6 +154,10 @@ func (f family) noEndpointServices() string     { return f.name("no-endpoint-ser
 func (f family) noEndpointNodePorts() string    { return f.name("no-endpoint-nodeports") }
 func (f family) serviceCIDRs() string           { return f.name("service-cidrs") }
 func (f family) affinityEndpoints() string      { return f.name("affinity-endpoints") }
+func (f family) firewallIPs() string            { return f.name("firewall-ips") }
+func (f family) firewallAllow() string          { return f.name("firewall-allow") }
+func (f family) firewallNodePorts() string      { return f.name("firewall-nodeports") }
+func (f family) firewallNodePortAllow() string  { return f.name("firewall-nodeport-allow") }
 func (f family) affinityNodePortEndpoints() string {
 	return f.name("affinity-nodeport-endpoints")
 }
@@ -203,6 +210,8 @@ type familyBuild struct {
 	nodePorts, nodePortEndpoints, nodePortLocalEPs []nft.Element
 	noEndpointServices, noEndpointNodePorts        []nft.Element
 	affinityEPs, affinityNodePortEPs               []nft.Element
+	firewallIPs, firewallAllow                     []nft.Element
+	firewallNodePorts, firewallNodePortAllow       []nft.Element
 	affinity                                       []*affinityPort
 	lb, lbLocal, lbNodePort, lbNodePortLocal       map[int]bool
 	external, externalNodePort                     map[int]bool
@@ -292,6 +301,7 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 			eps := endpointsFor(b.logger, sp, b.slices[key], f.ipv6)
 			cluster, local, hasAny := categorizeEndpoints(eps, sp, b.cfg.NodeName, b.zone)
 			fb.addServicePort(b.logger, sp, cluster, local, hasAny)
+			fb.addFirewall(sp, nodeIPs(b.cfg, node), b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
 			if sp.healthCheckNodePort != 0 {
 				hc := health[key]
@@ -323,6 +333,10 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 		{Name: fb.f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without usable endpoints", Elements: fb.noEndpointServices},
 		{Name: fb.f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without usable endpoints", Elements: fb.noEndpointNodePorts},
 		{Name: fb.f.serviceCIDRs(), Key: []nft.Field{daddr}, Interval: true, Comment: "ClusterIP ranges", Elements: fb.serviceCIDRs},
+		{Name: fb.f.firewallIPs(), Key: vip, Comment: "load balancer IP ports with source ranges", Elements: fb.firewallIPs},
+		{Name: fb.f.firewallAllow(), Key: append(slices.Clone(vip), saddr), Interval: true, Comment: "sources allowed to load balancer IP ports", Elements: fb.firewallAllow},
+		{Name: fb.f.firewallNodePorts(), Key: np, Comment: "NodePorts with source ranges", Elements: fb.firewallNodePorts},
+		{Name: fb.f.firewallNodePortAllow(), Key: append(slices.Clone(np), saddr), Interval: true, Comment: "sources allowed to NodePorts", Elements: fb.firewallNodePortAllow},
 		{Name: fb.f.affinityEndpoints(), Key: slot(vip), Verdict: true, Comment: "endpoint chain of each slot of a service IP port with session affinity", Elements: fb.affinityEPs},
 		{Name: fb.f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity", Elements: fb.affinityNodePortEPs},
 	}

@@ -248,8 +248,9 @@ func TestBuildChains(t *testing.T) {
 	tbl := Build(klog.Background(), testConfig(), state)
 	wantChains := []string{
 		"lb-v4-1", "lb-v4-2", "lb-nodeport-v4-2", "external-v4-2", "external-nodeport-v4-2",
-		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "cluster-ips-check", "services", "masquerading",
-		"nat-prerouting", "nat-output", "nat-postrouting", "filter-input", "filter-forward", "filter-output",
+		"reject-chain", "service-endpoints-check", "nodeport-endpoints-check", "cluster-ips-check", "firewall-check", "services", "masquerading",
+		"nat-prerouting", "nat-output", "nat-postrouting", "filter-prerouting-pre-dnat", "filter-output-pre-dnat",
+		"filter-input", "filter-forward", "filter-output",
 	}
 	if diff := cmp.Diff(wantChains, chainNames(tbl)); diff != "" {
 		t.Errorf("chains (-want +got):\n%s", diff)
@@ -355,5 +356,42 @@ func TestServiceCIDRsAreMergedWithoutOverlaps(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"fd00:10:96::/112"}, elements(got, "service-cidrs-v6")); diff != "" {
 		t.Errorf("IPv6 ranges (-want +got):\n%s", diff)
+	}
+}
+
+func TestBuildLoadBalancerSourceRanges(t *testing.T) {
+	svc := makeService("default", "api", "10.96.0.30", withLoadBalancer(30443, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalIPs("198.51.100.9"))
+	svc.Spec.LoadBalancerSourceRanges = []string{"192.168.0.0/16", "192.168.50.0/24", "10.0.0.0/8", "bogus", "fd00::/8"}
+	state := State{Services: []*v1.Service{svc}, Node: makeNode("node-a", "192.168.50.10"),
+		EndpointSlices: []*discoveryv1.EndpointSlice{makeSlice("default", "api", "api-1", 8443, ep("10.244.1.5"))}}
+	cfg := testConfig()
+	cfg.LBSourceRangesForNodePorts = true
+	tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, state)
+	if err := tbl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	// External IPs are not load balancer IPs: only the latter are filtered.
+	if diff := cmp.Diff([]string{`203.0.113.10 . tcp . 80 comment "default/api:http"`}, elements(tbl, "firewall-ips-v4")); diff != "" {
+		t.Errorf("protected ports (-want +got):\n%s", diff)
+	}
+	// 192.168.50.0/24 is inside 192.168.0.0/16; the node's address is in a
+	// range, so the LB IP itself is allowed too.
+	want := []string{
+		"203.0.113.10 . tcp . 80 . 10.0.0.0/8",
+		"203.0.113.10 . tcp . 80 . 192.168.0.0/16",
+		"203.0.113.10 . tcp . 80 . 203.0.113.10",
+	}
+	if diff := cmp.Diff(want, elements(tbl, "firewall-allow-v4")); diff != "" {
+		t.Errorf("allowed sources (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"tcp . 30443 . 10.0.0.0/8", "tcp . 30443 . 192.168.0.0/16"}, elements(tbl, "firewall-nodeport-allow-v4")); diff != "" {
+		t.Errorf("NodePort sources (-want +got):\n%s", diff)
+	}
+	wantRules := []string{
+		`ip daddr . meta l4proto . th dport @firewall-ips-v4 ip daddr . meta l4proto . th dport . ip saddr != @firewall-allow-v4 drop comment "drop sources outside loadBalancerSourceRanges"`,
+		`ip daddr @nodeport-ips-v4 meta l4proto . th dport @firewall-nodeports-v4 meta l4proto . th dport . ip saddr != @firewall-nodeport-allow-v4 drop comment "drop sources outside loadBalancerSourceRanges on NodePorts"`,
+	}
+	if diff := cmp.Diff(wantRules, rules(tbl, "firewall-check")[:2]); diff != "" {
+		t.Errorf("firewall-check (-want +got):\n%s", diff)
 	}
 }

@@ -58,6 +58,23 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.serviceCIDRs()}, nft.Drop)
 	}
 
+	// loadBalancerSourceRanges, checked before DNAT as in kube-proxy.
+	fw := t.AddChain(&nft.Chain{Name: chainFirewallCheck})
+	for _, fb := range built {
+		daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
+		vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
+		fw.AddRuleWithComment("drop sources outside loadBalancerSourceRanges",
+			nft.SetMatch{Fields: vip, Set: fb.f.firewallIPs()},
+			nft.SetMatch{Fields: append(slices.Clone(vip), saddr), Set: fb.f.firewallAllow(), Negate: true}, nft.Drop)
+		if b.cfg.LBSourceRangesForNodePorts {
+			np := []nft.Field{nft.L4Proto, nft.THDport}
+			fw.AddRuleWithComment("drop sources outside loadBalancerSourceRanges on NodePorts",
+				nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.nodePortIPs()},
+				nft.SetMatch{Fields: np, Set: fb.f.firewallNodePorts()},
+				nft.SetMatch{Fields: append(slices.Clone(np), saddr), Set: fb.f.firewallNodePortAllow(), Negate: true}, nft.Drop)
+		}
+	}
+
 	svc := t.AddChain(&nft.Chain{Name: chainServices})
 	for _, fb := range built {
 		daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
@@ -101,6 +118,12 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 			c.AddRule(nft.CtStateNew{}, nft.Jump(check))
 		}
 	}
+	preDNAT := func(name string, hook nft.Hook) {
+		c := t.AddChain(&nft.Chain{Name: name, Base: &nft.BaseChain{Type: nft.ChainTypeFilter, Hook: hook, Priority: nft.PriorityDstNAT - 10}})
+		c.AddRule(nft.CtStateNew{}, nft.Jump(chainFirewallCheck))
+	}
+	preDNAT(chainPreroutingPre, nft.HookPrerouting)
+	preDNAT(chainOutputPre, nft.HookOutput)
 	filter(chainFilterInput, nft.HookInput, chainNodePortEPCheck, chainServiceEPCheck)
 	filter(chainFilterForward, nft.HookForward, chainServiceEPCheck, chainClusterIPsCheck)
 	filter(chainFilterOutput, nft.HookOutput, chainNodePortEPCheck, chainServiceEPCheck, chainClusterIPsCheck)

@@ -34,6 +34,9 @@ type Config struct {
 	// (--nodeport-addresses): CIDRs and/or "primary" (the node's
 	// InternalIPs). Empty means primary, as in kube-proxy's nftables mode.
 	NodePortAddresses []string
+	// LBSourceRangesForNodePorts applies a LoadBalancer service's
+	// loadBalancerSourceRanges to its NodePort too, which kube-proxy cannot.
+	LBSourceRangesForNodePorts bool
 	// MasqueradeAll masquerades all traffic to ClusterIPs.
 	MasqueradeAll bool
 	// MasqueradeBit is the bit of the packet mark that asks for masquerade

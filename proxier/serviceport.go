@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -39,7 +40,16 @@ type servicePort struct {
 	healthCheckNodePort uint16
 	// affinity is the ClientIP session affinity timeout, 0 without.
 	affinity time.Duration
+	// sourceRanges restrict who may reach the load balancer IPs (and, with
+	// --lb-source-ranges-for-nodeports, the NodePort); lbIPs are the
+	// load balancer ingress IPs among external.
+	sourceRanges []netip.Prefix
+	lbIPs        []netip.Addr
 }
+
+// annotationSourceRanges is the older way to give loadBalancerSourceRanges,
+// used by kube-proxy when the field is empty.
+const annotationSourceRanges = "service.beta.kubernetes.io/load-balancer-source-ranges"
 
 // externallyAccessible is kube-proxy's ServicePort.ExternallyAccessible.
 func (sp *servicePort) externallyAccessible() bool { return sp.nodePort != 0 || len(sp.external) > 0 }
@@ -99,7 +109,7 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 	if !ok {
 		return nil
 	}
-	var external []netip.Addr
+	var external, lbIPs []netip.Addr
 	addExternal := func(s, what string) {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
@@ -109,6 +119,9 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		a = a.Unmap()
 		if a.Is6() == ipv6 && !slices.Contains(external, a) {
 			external = append(external, a)
+			if what != "externalIP" {
+				lbIPs = append(lbIPs, a)
+			}
 		}
 	}
 	for _, ip := range svc.Spec.ExternalIPs {
@@ -124,6 +137,7 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 			addExternal(ing.IP, "loadBalancer ingress IP")
 		}
 	}
+	ranges := sourceRanges(logger, svc, ipv6)
 	var out []*servicePort
 	for _, p := range svc.Spec.Ports {
 		proto, ok := protocolNumber(p.Protocol)
@@ -148,6 +162,9 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		if sp.externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer && svc.Spec.HealthCheckNodePort > 0 && svc.Spec.HealthCheckNodePort <= 65535 {
 			sp.healthCheckNodePort = uint16(svc.Spec.HealthCheckNodePort)
 		}
+		if len(lbIPs) > 0 {
+			sp.lbIPs, sp.sourceRanges = lbIPs, ranges
+		}
 		if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
 			sp.affinity = time.Duration(v1.DefaultClientIPServiceAffinitySeconds) * time.Second
 			if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
@@ -155,6 +172,28 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 			}
 		}
 		out = append(out, sp)
+	}
+	return out
+}
+
+// sourceRanges returns the family's loadBalancerSourceRanges (or those of
+// the older annotation), skipping invalid ones with a log line.
+func sourceRanges(logger klog.Logger, svc *v1.Service, ipv6 bool) []netip.Prefix {
+	specs := svc.Spec.LoadBalancerSourceRanges
+	if len(specs) == 0 && svc.Annotations[annotationSourceRanges] != "" {
+		specs = strings.Split(svc.Annotations[annotationSourceRanges], ",")
+	}
+	var out []netip.Prefix
+	for _, s := range specs {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			logger.Info("Skipping invalid loadBalancerSourceRange", "service", klog.KObj(svc), "range", s)
+			continue
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmappedBits(p)).Masked()
+		if p.Addr().Is6() == ipv6 && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
 	return out
 }

@@ -32,6 +32,7 @@ type ruleFlags struct {
 	nodePortAddresses listFlag
 	nodeIPs           listFlag
 	masqueradeAll     bool
+	lbRangesNodePorts bool
 	masqueradeBit     int
 	serviceProxyName  string
 }
@@ -44,6 +45,7 @@ func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
 	fs.Var(&rf.nodePortAddresses, "nodeport-addresses", `addresses NodePorts listen on: CIDRs and/or "primary" (the node's InternalIPs, the default)`)
 	fs.Var(&rf.nodeIPs, "node-ip", "this node's primary IPs, comma-separated (default: the Node's InternalIPs)")
 	fs.BoolVar(&rf.masqueradeAll, "masquerade-all", false, "masquerade all traffic to ClusterIPs")
+	fs.BoolVar(&rf.lbRangesNodePorts, "lb-source-ranges-for-nodeports", false, "apply a LoadBalancer service's loadBalancerSourceRanges to its NodePort too (kube-proxy does not)")
 	fs.IntVar(&rf.masqueradeBit, "masquerade-bit", def.MasqueradeBit, "bit of the packet mark that marks traffic to masquerade (0..31)")
 	fs.StringVar(&rf.serviceProxyName, "service-proxy-name", "", "proxy only Services labelled service.kubernetes.io/service-proxy-name with this value (unlabelled ones when empty)")
 	return rf
@@ -54,6 +56,7 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 	cfg := proxier.DefaultConfig()
 	cfg.NodeName = nodeName
 	cfg.MasqueradeAll = rf.masqueradeAll
+	cfg.LBSourceRangesForNodePorts = rf.lbRangesNodePorts
 	cfg.MasqueradeBit = rf.masqueradeBit
 	cfg.ServiceProxyName = rf.serviceProxyName
 	for _, s := range rf.clusterCIDRs {
