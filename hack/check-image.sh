@@ -9,8 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v podman >/dev/null; then
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman netavark >/dev/null
+	log=$(mktemp)
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends podman netavark; } >"$log" 2>&1 ||
+		{ cat "$log" >&2; exit 1; }
+	rm -f "$log"
 fi
 
 version=$(git describe --always --dirty)
