@@ -68,6 +68,17 @@ func packetCluster(t *testing.T) (*testnet.Cluster, []runtime.Object) {
 			Endpoints:   all[1:],
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Protocol: ptr.To(v1.ProtocolUDP), Port: ptr.To[int32](8080)}},
 		},
+		// SCTP cannot be sent here (no SCTP module), but its rules must be
+		// accepted by the kernel: with a NodePort and affinity, which adds
+		// `meta l4proto sctp dnat` rules.
+		makeService("default", "sctp", "10.96.0.54", withPorts(v1.ServicePort{Name: "sig", Protocol: v1.ProtocolSCTP, Port: 3868, NodePort: 30868}),
+			func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeNodePort }, withAffinity(60)),
+		&discoveryv1.EndpointSlice{
+			ObjectMeta:  metaWithService("default", "sctp-1", "sctp"),
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   all[:2],
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("sig"), Protocol: ptr.To(v1.ProtocolSCTP), Port: ptr.To[int32](3868)}},
+		},
 		makeService("default", "empty", emptyIP, withPorts(
 			v1.ServicePort{Name: "http", Protocol: v1.ProtocolTCP, Port: 80},
 			v1.ServicePort{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53})),
@@ -225,6 +236,14 @@ func TestPacketsThroughInformerPath(t *testing.T) {
 		}
 		if _, err := podA.NS.DialTCP(t, vipPort("10.96.7.7", 80), time.Second); !testnet.IsTimeout(err) {
 			t.Errorf("unallocated ClusterIP: got %v, want dropped", err)
+		}
+	})
+	t.Run("SCTP rules are accepted by the kernel", func(t *testing.T) {
+		out := c.Node.Run(t, "nft", "list", "table", "inet", TableName)
+		for _, want := range []string{"10.96.0.54 . sctp . 3868", "sctp . 30868", "meta l4proto sctp dnat ip to 10.244.1.5:3868"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("table lacks %q", want)
+			}
 		}
 	})
 	t.Run("removing an endpoint stops new connections to it", func(t *testing.T) {
