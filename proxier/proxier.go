@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ type Proxier struct {
 	endpointSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
 	serviceCIDRs   map[string]*networkingv1.ServiceCIDR
 	node           *v1.Node
+	localAddrs     []netip.Addr
 	// Changes recorded since the last sync, for the sync's log line.
 	serviceChanges, sliceChanges int
 	fullPending                  bool
@@ -131,6 +133,13 @@ func (p *Proxier) DeleteServiceCIDR(name string) {
 	p.record(nil, func() { delete(p.serviceCIDRs, name) })
 }
 
+// SetLocalAddrs records the host's interface addresses, the candidates for
+// --nodeport-addresses CIDRs, so NodePorts follow address changes without a
+// restart.
+func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
+	p.record(nil, func() { p.localAddrs = slices.Clone(addrs) })
+}
+
 // SetNode records this node (nil when it was deleted).
 func (p *Proxier) SetNode(node *v1.Node) {
 	p.record(nil, func() { p.node = node })
@@ -200,6 +209,10 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.lastSync = start
 
 	p.mu.Lock()
+	cfg := p.cfg
+	if p.localAddrs != nil {
+		cfg.LocalAddrs = p.localAddrs
+	}
 	st := State{Node: p.node}
 	for _, s := range p.services {
 		st.Services = append(st.Services, s)
@@ -216,7 +229,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.serviceChanges, p.sliceChanges = 0, 0
 	p.mu.Unlock()
 	// Map order does not matter: Build sorts what it reads.
-	rules := BuildRules(logger, p.cfg, st)
+	rules := BuildRules(logger, cfg, st)
 	want := rules.Table
 	if full && p.have != nil {
 		ok, err := p.kernel.Check(ctx, p.have)

@@ -3,10 +3,12 @@ package proxier
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/klog/v2/ktesting"
 
@@ -157,4 +159,35 @@ func TestStaleChainsAreDeletedBySyncAfter(t *testing.T) {
 	eventually(t, "lb-v4-2 to be deleted", func() bool { return fake.Table.Chain("lb-v4-2") == nil })
 	cancel()
 	<-done
+}
+
+func TestNodePortAddressesFollowTheNode(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, func(c *Config) { c.NodePortAddresses = []string{"primary", "192.168.60.0/24"} })
+	p.SetService(makeService("default", "web", "10.96.0.10", withNodePort(30080)))
+	p.SetNode(makeNode("node-a", "192.168.50.10"))
+	sync := func() []string {
+		t.Helper()
+		if err := p.Sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return elements(fake.Table, "nodeport-ips-v4")
+	}
+	if diff := cmp.Diff([]string{"192.168.50.10"}, sync()); diff != "" {
+		t.Errorf("initial (-want +got):\n%s", diff)
+	}
+	// The Node's address changes: no restart needed.
+	p.SetNode(makeNode("node-a", "192.168.50.11"))
+	if diff := cmp.Diff([]string{"192.168.50.11"}, sync()); diff != "" {
+		t.Errorf("after the Node changed (-want +got):\n%s", diff)
+	}
+	// An interface address inside a --nodeport-addresses CIDR appears.
+	p.SetLocalAddrs([]netip.Addr{netip.MustParseAddr("192.168.60.4"), netip.MustParseAddr("10.0.0.1")})
+	if diff := cmp.Diff([]string{"192.168.50.11", "192.168.60.4"}, sync()); diff != "" {
+		t.Errorf("after an address appeared (-want +got):\n%s", diff)
+	}
+	if plan := fake.LastPlan(); plan.Replace {
+		t.Error("an address change replaced the whole table")
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"strings"
 
@@ -58,22 +56,9 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := watchLocalAddrs(ctx, p.SetLocalAddrs); err != nil {
+			return err
+		}
 		return p.Watch(ctx, client)
 	}
-}
-
-// localAddrs returns the host's interface addresses, candidates for
-// --nodeport-addresses CIDRs.
-func localAddrs() ([]netip.Addr, error) {
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return nil, fmt.Errorf("list interface addresses: %w", err)
-	}
-	var out []netip.Addr
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			out = append(out, p.Addr().Unmap())
-		}
-	}
-	return out, nil
 }
