@@ -37,6 +37,8 @@ fi
 "$engine" "${build[@]}" "$context" >/dev/null
 if [[ -n $archive ]]; then
 	rm -f "$archive" # podman save refuses to overwrite
-	"$engine" save --quiet -o "$archive" "$image"
+	save=(save -o "$archive")
+	if [[ $engine == podman ]]; then save+=(--quiet); fi
+	"$engine" "${save[@]}" "$image"
 fi
 echo "$image"
