@@ -154,6 +154,23 @@ func (l *lowerer) maskNonZero(mask uint32, zero bool) {
 	)
 }
 
+func (m IifnameMatch) lower(l *lowerer) error {
+	data := []byte(m.Name)
+	if !m.Prefix {
+		// The whole name, NUL-padded to IFNAMSIZ.
+		data = append(data, make([]byte, 16-len(data))...)
+	}
+	op := expr.CmpOpEq
+	if m.Negate {
+		op = expr.CmpOpNeq
+	}
+	l.emit(
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: op, Register: reg1, Data: data},
+	)
+	return nil
+}
+
 func (m MarkMatch) lower(l *lowerer) error {
 	l.emit(&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1})
 	l.maskNonZero(m.Mask, m.Zero)

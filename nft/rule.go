@@ -45,6 +45,10 @@ func (r Rule) validate(t *Table) error {
 			if i != len(r.Exprs)-1 {
 				err = fmt.Errorf("verdict %s is not last", e)
 			}
+		case IifnameMatch:
+			if e.Name == "" || len(e.Name) > 15 {
+				err = fmt.Errorf("interface name %q: length must be 1..15", e.Name)
+			}
 		case Match:
 			if !e.Field.accepts(e.Value, true) {
 				err = fmt.Errorf("%s cannot match %s", e.Field, e.Value)
@@ -122,6 +126,25 @@ func (m MarkMatch) render(b *strings.Builder) {
 		op = "=="
 	}
 	fmt.Fprintf(b, "meta mark & 0x%08x %s 0x00000000", m.Mask, op)
+}
+
+// IifnameMatch is `iifname "NAME"`, or with Prefix `iifname "NAME*"`
+// (every interface whose name starts with NAME); Negate makes it `!=`.
+type IifnameMatch struct {
+	Name           string
+	Prefix, Negate bool
+}
+
+func (m IifnameMatch) render(b *strings.Builder) {
+	b.WriteString("iifname ")
+	if m.Negate {
+		b.WriteString("!= ")
+	}
+	name := m.Name
+	if m.Prefix {
+		name += "*"
+	}
+	fmt.Fprintf(b, "%q", name)
 }
 
 // CtStateNew is `ct state new`.

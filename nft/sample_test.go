@@ -51,6 +51,8 @@ func sampleTable(services int) *Table {
 	svc.AddRule(SetMatch{Fields: []Field{IPv4Saddr}, Set: "affinity"}, Goto("endpoint-abc/ns/svc/tcp/80__10.244.1.5/8080"))
 	svc.AddRule(VerdictMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(2)}, Map: "affinity-slots"})
 	svc.AddRule(SetMatch{Fields: []Field{IPv4Daddr, L4Proto, THDport, IPv4Saddr}, Set: "firewall-allow", Negate: true}, Drop)
+	svc.AddRule(IifnameMatch{Name: "cbr0"}, Accept)
+	svc.AddRule(IifnameMatch{Name: "veth", Prefix: true, Negate: true}, SetMarkOr{Bits: 0x4000})
 	fwd := t.AddChain(&Chain{Name: "filter-forward", Base: &BaseChain{Type: ChainTypeFilter, Hook: HookForward, Priority: PriorityFilter}})
 	fwd.AddRule(CtStateNew{}, Match{Field: IPv6Daddr, Value: Addr(netip.MustParseAddr("fd00::1"))}, Drop)
 

@@ -203,6 +203,7 @@ type familyBuild struct {
 
 	nodePortAddrs []netip.Addr
 	clusterCIDRs  []netip.Prefix
+	local         localDetector
 	serviceCIDRs  []nft.Element
 
 	clusterIPs, nodePortIPs, hairpin               []nft.Element
@@ -282,6 +283,7 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 			fb.clusterCIDRs = append(fb.clusterCIDRs, p.Masked())
 		}
 	}
+	fb.local = newLocalDetector(b.cfg, node, fb.clusterCIDRs, f.ipv6)
 	for _, p := range b.serviceCIDRs {
 		if p.Addr().Is6() == f.ipv6 {
 			fb.serviceCIDRs = append(fb.serviceCIDRs, nft.Element{Key: []nft.Datum{nft.Prefix(p)}})

@@ -77,16 +77,13 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 
 	svc := t.AddChain(&nft.Chain{Name: chainServices})
 	for _, fb := range built {
-		daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
+		daddr := nft.Daddr(fb.f.ipv6)
 		toClusterIP := nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.clusterIPs()}
 		switch {
 		case b.cfg.MasqueradeAll:
 			svc.AddRuleWithComment("masquerade all traffic to ClusterIPs", toClusterIP, masq)
-		case len(fb.clusterCIDRs) > 0:
-			exprs := []nft.Expr{toClusterIP}
-			for _, p := range fb.clusterCIDRs {
-				exprs = append(exprs, nft.MatchPrefix(saddr, nft.OpNeq, p))
-			}
+		case fb.local.available:
+			exprs := append([]nft.Expr{toClusterIP}, fb.local.ifNotLocal()...)
 			svc.AddRuleWithComment("masquerade off-cluster traffic to ClusterIPs", append(exprs, masq)...)
 		}
 		svc.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fb.f.serviceIPs()})
@@ -132,7 +129,7 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 // addFamilyChains adds the chains one family's elements point to.
 func (b *builder) addFamilyChains(t *nft.Table, fb *familyBuild, masq nft.Expr) {
 	f := fb.f
-	daddr, saddr := nft.Daddr(f.ipv6), nft.Saddr(f.ipv6)
+	daddr := nft.Daddr(f.ipv6)
 	vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
 	np := []nft.Field{nft.L4Proto, nft.THDport}
 	pick := func(name string, key []nft.Field, n int, m string) {
@@ -166,8 +163,8 @@ func (b *builder) addFamilyChains(t *nft.Table, fb *familyBuild, masq nft.Expr) 
 	// hooks' drop when there is none.
 	local := func(name, cluster, localChain string, m int) {
 		c := t.AddChain(&nft.Chain{Name: name})
-		for _, p := range fb.clusterCIDRs {
-			c.AddRuleWithComment("short-circuit pod traffic", nft.MatchPrefix(saddr, nft.OpEq, p), nft.Goto(cluster))
+		for _, match := range fb.local.ifLocal() {
+			c.AddRuleWithComment("short-circuit pod traffic", append(match, nft.Goto(cluster))...)
 		}
 		c.AddRuleWithComment("masquerade local traffic", nft.FibSaddrLocal{}, masq)
 		c.AddRuleWithComment("short-circuit local traffic", nft.FibSaddrLocal{}, nft.Goto(cluster))

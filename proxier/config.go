@@ -26,6 +26,16 @@ type Config struct {
 	// ClusterCIDRs are the pod networks (--cluster-cidr). Traffic from
 	// outside them to a ClusterIP is masqueraded.
 	ClusterCIDRs []netip.Prefix
+	// DetectLocalMode says how traffic from pods is told apart from other
+	// traffic (--detect-local-mode): ClusterCIDR (the default), NodeCIDR
+	// (the Node's podCIDRs), BridgeInterface (arriving on PodBridgeInterface)
+	// or InterfaceNamePrefix (arriving on an interface named
+	// PodInterfaceNamePrefix…). Pod traffic to ClusterIPs is not
+	// masqueraded, and pod traffic to Local external destinations is
+	// short-circuited to all endpoints.
+	DetectLocalMode        string
+	PodBridgeInterface     string
+	PodInterfaceNamePrefix string
 	// ServiceCIDRs are the ClusterIP ranges (--service-cluster-ip-range),
 	// besides those of ServiceCIDR objects: traffic to their unallocated
 	// addresses is dropped.
@@ -55,6 +65,14 @@ func DefaultConfig() Config {
 	return Config{MasqueradeBit: 14, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
 }
 
+// Local traffic detection modes, kube-proxy's names.
+const (
+	DetectLocalClusterCIDR         = "ClusterCIDR"
+	DetectLocalNodeCIDR            = "NodeCIDR"
+	DetectLocalBridgeInterface     = "BridgeInterface"
+	DetectLocalInterfaceNamePrefix = "InterfaceNamePrefix"
+)
+
 // nodePortAddressPrimary is the --nodeport-addresses keyword for the node's
 // primary (InternalIP) addresses.
 const nodePortAddressPrimary = "primary"
@@ -74,6 +92,19 @@ func (c Config) Validate() error {
 		if _, err := netip.ParsePrefix(a); err != nil {
 			return fmt.Errorf("nodeport address %q: not %q or a CIDR", a, nodePortAddressPrimary)
 		}
+	}
+	switch c.DetectLocalMode {
+	case "", DetectLocalClusterCIDR, DetectLocalNodeCIDR:
+	case DetectLocalBridgeInterface:
+		if c.PodBridgeInterface == "" || len(c.PodBridgeInterface) > 15 {
+			return fmt.Errorf("detect-local-mode %s needs a pod bridge interface name of 1..15 characters", c.DetectLocalMode)
+		}
+	case DetectLocalInterfaceNamePrefix:
+		if c.PodInterfaceNamePrefix == "" || len(c.PodInterfaceNamePrefix) > 15 {
+			return fmt.Errorf("detect-local-mode %s needs a pod interface name prefix of 1..15 characters", c.DetectLocalMode)
+		}
+	default:
+		return fmt.Errorf("unknown detect-local-mode %q", c.DetectLocalMode)
 	}
 	if c.MinSyncPeriod < 0 || c.SyncPeriod <= 0 {
 		return fmt.Errorf("sync periods must be positive (min %v, full %v)", c.MinSyncPeriod, c.SyncPeriod)

@@ -35,6 +35,9 @@ type ruleFlags struct {
 	lbRangesNodePorts bool
 	masqueradeBit     int
 	serviceProxyName  string
+	detectLocalMode   string
+	podBridge         string
+	podIfacePrefix    string
 }
 
 func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
@@ -47,6 +50,9 @@ func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
 	fs.BoolVar(&rf.masqueradeAll, "masquerade-all", false, "masquerade all traffic to ClusterIPs")
 	fs.BoolVar(&rf.lbRangesNodePorts, "lb-source-ranges-for-nodeports", false, "apply a LoadBalancer service's loadBalancerSourceRanges to its NodePort too (kube-proxy does not)")
 	fs.IntVar(&rf.masqueradeBit, "masquerade-bit", def.MasqueradeBit, "bit of the packet mark that marks traffic to masquerade (0..31)")
+	fs.StringVar(&rf.detectLocalMode, "detect-local-mode", "", "how pod traffic is recognised: ClusterCIDR (default), NodeCIDR, BridgeInterface or InterfaceNamePrefix")
+	fs.StringVar(&rf.podBridge, "pod-bridge-interface", "", "the pods' bridge, for --detect-local-mode=BridgeInterface")
+	fs.StringVar(&rf.podIfacePrefix, "pod-interface-name-prefix", "", "the prefix of pod interfaces' names, for --detect-local-mode=InterfaceNamePrefix")
 	fs.StringVar(&rf.serviceProxyName, "service-proxy-name", "", "proxy only Services labelled service.kubernetes.io/service-proxy-name with this value (unlabelled ones when empty)")
 	return rf
 }
@@ -59,6 +65,7 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 	cfg.LBSourceRangesForNodePorts = rf.lbRangesNodePorts
 	cfg.MasqueradeBit = rf.masqueradeBit
 	cfg.ServiceProxyName = rf.serviceProxyName
+	cfg.DetectLocalMode, cfg.PodBridgeInterface, cfg.PodInterfaceNamePrefix = rf.detectLocalMode, rf.podBridge, rf.podIfacePrefix
 	for _, s := range rf.clusterCIDRs {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -85,5 +92,13 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 		return cfg, fmt.Errorf("--nodeport-addresses: %w", err)
 	}
 	cfg.NodePortAddresses = npa
+	// dump may run without a node name; check the rest all the same.
+	check := cfg
+	if check.NodeName == "" {
+		check.NodeName = "unnamed"
+	}
+	if err := check.Validate(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }

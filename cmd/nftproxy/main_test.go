@@ -119,6 +119,7 @@ func TestCommandErrors(t *testing.T) {
 		{"dump needs objects", []string{"dump"}, 1, "no --objects"},
 		{"an unknown node without --node-ip is an error", []string{"dump", "--objects", "../../examples", "--hostname", "nope"}, 1, `no Node "nope"`},
 		{"an invalid CIDR is an error", []string{"dump", "--objects", "../../examples", "--cluster-cidr", "10.0.0.0/33"}, 1, "--cluster-cidr"},
+		{"an unknown detect-local-mode is an error", []string{"dump", "--objects", "../../examples", "--detect-local-mode", "Magic"}, 1, "detect-local-mode"},
 		{"an unknown command is a usage error", []string{"frobnicate"}, 2, "unknown command"},
 		{"sync without --once is refused", []string{"sync", "--objects", "../../examples"}, 1, "only --once"},
 	}
