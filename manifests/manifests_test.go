@@ -1,6 +1,7 @@
 package manifests
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
@@ -255,7 +257,9 @@ func TestDaemonSet(t *testing.T) {
 
 // TestDaemonSetArgs runs the nftproxy binary with the DaemonSet's arguments,
 // expanded from the ConfigMap's values as the kubelet would, and checks that
-// it accepts them: it must get as far as reading its (missing) kubeconfig.
+// it accepts them: it must get as far as reading its (missing) kubeconfig,
+// which `run` does after validating its flags and before touching the
+// kernel.
 func TestDaemonSetArgs(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds nftproxy")
@@ -307,7 +311,9 @@ func TestDaemonSetArgs(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	kubeconfig := filepath.Join(dir, "missing-kubeconfig")
-	cmd := exec.Command(bin, append(args, "--kubeconfig="+kubeconfig)...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(args, "--kubeconfig="+kubeconfig)...)
 	cmd.Env = append(os.Environ(), "KUBERNETES_SERVICE_HOST=", "KUBERNETES_SERVICE_PORT=")
 	out, err := cmd.CombinedOutput()
 	var exit *exec.ExitError
