@@ -36,6 +36,17 @@ type Rules struct {
 	// NodePortAddresses are the addresses NodePorts (and health checks)
 	// are served on.
 	NodePortAddresses []netip.Addr
+	// UDPEndpoints lists, for each UDP service address and port (and each
+	// UDP NodePort), the endpoints its traffic may go to: the proxier
+	// compares them between syncs to delete stale conntrack entries.
+	UDPEndpoints map[UDPDestination][]netip.AddrPort
+}
+
+// UDPDestination is a UDP service address and port, or a NodePort (Addr
+// unset).
+type UDPDestination struct {
+	Addr netip.Addr
+	Port uint16
 }
 
 // Build returns the table nftproxy wants for the given objects; see
@@ -64,10 +75,11 @@ func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
 	slices.SortFunc(services, func(a, b *v1.Service) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
-	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]healthcheck.Check{}}
+	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]healthcheck.Check{},
+		UDPEndpoints: map[UDPDestination][]netip.AddrPort{}}
 	var built []*familyBuild
 	for _, f := range families() {
-		fb := b.buildFamily(f, services, st.Node, r.HealthChecks)
+		fb := b.buildFamily(f, services, st.Node, r.HealthChecks, r.UDPEndpoints)
 		r.NodePortAddresses = append(r.NodePortAddresses, fb.nodePortAddrs...)
 		if fb.empty() {
 			continue
@@ -269,7 +281,7 @@ func unmappedBits(p netip.Prefix) int {
 	return 0
 }
 
-func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]healthcheck.Check) *familyBuild {
+func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]healthcheck.Check, udp map[UDPDestination][]netip.AddrPort) *familyBuild {
 	fb := &familyBuild{
 		f:  f,
 		lb: map[int]bool{}, lbLocal: map[int]bool{}, lbNodePort: map[int]bool{}, lbNodePortLocal: map[int]bool{},
@@ -305,6 +317,9 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 			fb.addServicePort(b.logger, sp, cluster, local, hasAny)
 			fb.addFirewall(sp, nodeIPs(b.cfg, node), b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
+			if sp.proto == nft.ProtoUDP {
+				addUDPEndpoints(udp, sp, cluster, local)
+			}
 			if sp.healthCheckNodePort != 0 {
 				hc := health[key]
 				hc.Port = sp.healthCheckNodePort
@@ -344,5 +359,24 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 	}
 	for _, s := range sets {
 		t.AddSet(s)
+	}
+}
+
+// addUDPEndpoints records where the port's UDP traffic may go, by every
+// destination it is reached at.
+func addUDPEndpoints(udp map[UDPDestination][]netip.AddrPort, sp *servicePort, cluster, local []endpoint) {
+	var eps []netip.AddrPort
+	for _, e := range append(slices.Clone(cluster), local...) {
+		ap := netip.AddrPortFrom(e.addr, e.port)
+		if !slices.Contains(eps, ap) {
+			eps = append(eps, ap)
+		}
+	}
+	udp[UDPDestination{Addr: sp.clusterIP, Port: sp.port}] = eps
+	for _, ip := range sp.external {
+		udp[UDPDestination{Addr: ip, Port: sp.port}] = eps
+	}
+	if sp.nodePort != 0 {
+		udp[UDPDestination{Port: sp.nodePort}] = eps
 	}
 }

@@ -42,10 +42,12 @@ type Proxier struct {
 
 	queue        workqueue.TypedRateLimitingInterface[string]
 	healthChecks ServiceHealthServer
+	conntrack    Conntrack
 
 	// Owned by the sync worker.
 	have     *nft.Table // what the kernel holds, as last committed; nil = unknown
 	lastSync time.Time
+	lastUDP  map[UDPDestination][]netip.AddrPort // UDP endpoints as last applied
 }
 
 // ServiceHealthServer serves the health check ports of services with
@@ -247,6 +249,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if p.healthChecks != nil {
 		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
 	}
+	p.clearStaleUDP(logger, rules.UDPEndpoints)
 	if len(p.have.Chains) != len(want.Chains) {
 		// Stale chains were flushed; delete them in a sync of their own.
 		p.queue.AddAfter(syncKey, time.Second)

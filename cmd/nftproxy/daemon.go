@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier"
 	"github.com/nftproxy/nftproxy/proxier/healthcheck"
@@ -52,7 +53,8 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		}
 		health := healthcheck.NewServer(klog.FromContext(ctx), nil, nil)
 		defer health.Close()
-		p, err := proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health))
+		p, err := proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health),
+			proxier.WithConntrack(conntrack.New(-1)))
 		if err != nil {
 			return err
 		}

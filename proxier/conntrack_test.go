@@ -1,0 +1,133 @@
+package proxier
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/utils/ptr"
+
+	"github.com/nftproxy/nftproxy/conntrack"
+	"github.com/nftproxy/nftproxy/internal/testnet"
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+func TestStaleUDPFilters(t *testing.T) {
+	vip := UDPDestination{Addr: netip.MustParseAddr("10.96.0.53"), Port: 53}
+	np := UDPDestination{Port: 30053}
+	a, b := netip.MustParseAddrPort("10.244.1.5:5353"), netip.MustParseAddrPort("10.244.1.6:5353")
+	cases := []struct {
+		name      string
+		prev, cur map[UDPDestination][]netip.AddrPort
+		want      []conntrack.Filter
+	}{{
+		name: "nothing is deleted on the first sync",
+		prev: nil,
+		cur:  map[UDPDestination][]netip.AddrPort{vip: {a}},
+	}, {
+		name: "a removed endpoint's flows are deleted, by service address and by NodePort",
+		prev: map[UDPDestination][]netip.AddrPort{vip: {a, b}, np: {a, b}},
+		cur:  map[UDPDestination][]netip.AddrPort{vip: {a}, np: {a}},
+		want: []conntrack.Filter{
+			{Proto: nft.ProtoUDP, OrigDstPort: 30053, ReplySrc: b.Addr(), ReplySrcPort: 5353},
+			{Proto: nft.ProtoUDP, OrigDst: vip.Addr, OrigDstPort: 53, ReplySrc: b.Addr(), ReplySrcPort: 5353},
+		},
+	}, {
+		name: "a service gaining its first endpoint has its untranslated flows deleted",
+		prev: map[UDPDestination][]netip.AddrPort{vip: nil},
+		cur:  map[UDPDestination][]netip.AddrPort{vip: {a}},
+		want: []conntrack.Filter{{Proto: nft.ProtoUDP, OrigDst: vip.Addr, OrigDstPort: 53}},
+	}, {
+		name: "a deleted service's flows go with its endpoints",
+		prev: map[UDPDestination][]netip.AddrPort{vip: {a}},
+		cur:  map[UDPDestination][]netip.AddrPort{},
+		want: []conntrack.Filter{{Proto: nft.ProtoUDP, OrigDst: vip.Addr, OrigDstPort: 53, ReplySrc: a.Addr(), ReplySrcPort: 5353}},
+	}, {
+		name: "unchanged endpoints delete nothing",
+		prev: map[UDPDestination][]netip.AddrPort{vip: {a, b}},
+		cur:  map[UDPDestination][]netip.AddrPort{vip: {b, a}},
+	}}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, staleUDPFilters(tc.prev, tc.cur), cmp.Comparer(func(x, y netip.Addr) bool { return x == y })); diff != "" {
+				t.Errorf("filters (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestStaleUDPFlowIsDeletedWithPackets(t *testing.T) {
+	c, _ := packetCluster(t)
+	dnsSlice := func(pods ...string) *discoveryv1.EndpointSlice {
+		var eps []discoveryv1.Endpoint
+		for _, p := range pods {
+			eps = append(eps, ep(podIPs[p], onNode("node-a")))
+		}
+		return &discoveryv1.EndpointSlice{
+			ObjectMeta:  metaWithService("default", "dns-1", "dns"),
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   eps,
+			Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("dns"), Protocol: ptr.To(v1.ProtocolUDP), Port: ptr.To[int32](8080)}},
+		}
+	}
+	client := fake.NewClientset([]runtime.Object{
+		makeNode("node-a", nodeIP.String()),
+		makeService("default", "dns", "10.96.0.53", withPorts(v1.ServicePort{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53})),
+		dnsSlice("pod-b", "pod-c"),
+	}...)
+	startProxier(t, c, client, WithConntrack(conntrack.New(c.Node.Fd())))
+
+	// One UDP socket, one 5-tuple, kept across the change.
+	var conn net.Conn
+	if err := c.Pods["pod-a"].NS.Do(func() (err error) {
+		conn, err = net.Dial("udp4", "10.96.0.53:53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ask := func() string {
+		t.Helper()
+		if _, err := conn.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 200)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		r, err := testnet.ParseReply(strings.TrimSpace(string(buf[:n])))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Pod
+	}
+	first := ask()
+	if again := ask(); again != first {
+		t.Fatalf("one flow answered by %s then %s", first, again)
+	}
+	other := map[string]string{"pod-b": "pod-c", "pod-c": "pod-b"}[first]
+	tracked := func() string { return c.Node.Run(t, "conntrack", "-L", "-p", "udp", "--orig-dst", "10.96.0.53") }
+	if !strings.Contains(tracked(), "src="+podIPs[first]) {
+		t.Fatalf("the flow to %s is not tracked:\n%s", first, tracked())
+	}
+
+	// The endpoint that served the flow goes away (the pod itself still
+	// answers: only deleting the entry moves the flow).
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Update(t.Context(), dnsSlice(other), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the flow's conntrack entry to go", func() bool { return !strings.Contains(tracked(), "src="+podIPs[first]) })
+	if got := ask(); got != other {
+		t.Errorf("after %s was removed the flow reached %s, want %s", first, got, other)
+	}
+}
