@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the nftproxy image offline: a static binary (CGO_ENABLED=0) stamped
-# with `git describe`, copied into a FROM scratch image (Dockerfile).
+# Builds the nftproxy image offline: a static Linux binary (CGO_ENABLED=0,
+# the host's architecture) stamped with `git describe`, copied into a FROM
+# scratch image (Dockerfile).
 #
 #   hack/image.sh [-o ARCHIVE]
 #
@@ -26,7 +27,7 @@ engine=${CONTAINER_ENGINE:-podman}
 
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=$version" \
+CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags "-s -w -X main.version=$version" \
 	-o "$context/nftproxy" ./cmd/nftproxy
 build=(build --quiet -f Dockerfile --build-arg VERSION="$version" -t "$image")
 if [[ $engine == podman ]]; then

@@ -40,11 +40,15 @@ kind load image-archive "$work/image.tar" --name "$cluster"
 # An overlay of manifests/ with the image just built and the cluster's
 # settings: the API server's real address (kind's kubeconfigs use it too;
 # the `kubernetes` ClusterIP only works once nftproxy runs) and the pod CIDR.
-cat >"$work/kustomization.yaml" <<EOS
+# Kept in the git-ignored .cache/ because kustomize takes only relative paths
+# to bases.
+overlay=.cache/kind-$cluster
+mkdir -p "$overlay"
+cat >"$overlay/kustomization.yaml" <<EOS
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-- $(realpath --relative-to="$work" manifests) # kustomize refuses absolute paths
+- ../../manifests
 images:
 - name: localhost/nftproxy
   newName: ${image%:*}
@@ -62,7 +66,7 @@ patches:
       cluster-cidr: 10.244.0.0/16
 EOS
 existed=$(kubectl -n nftproxy get daemonset nftproxy -o name --ignore-not-found)
-kubectl apply -k "$work"
+kubectl apply -k "$overlay"
 if [[ -n $existed ]]; then
 	# A new image under the same tag (a dirty tree) or a ConfigMap change
 	# alone would not roll the Pods.
