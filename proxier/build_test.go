@@ -395,3 +395,38 @@ func TestBuildLoadBalancerSourceRanges(t *testing.T) {
 		t.Errorf("firewall-check (-want +got):\n%s", diff)
 	}
 }
+
+func TestBuildDualStack(t *testing.T) {
+	svc := makeService("default", "dual", "10.96.0.100", withNodePort(30100))
+	svc.Spec.ClusterIPs = []string{"10.96.0.100", "fd00:10:96::100"}
+	v6 := makeSlice("default", "dual", "dual-v6", 8080, ep("fd00:10:244:1::5", onNode("node-a")))
+	v6.AddressType = discoveryv1.AddressTypeIPv6
+	node := makeNode("node-a", "192.168.50.10", "fd00:192:168:50::10")
+	state := State{Node: node, Services: []*v1.Service{svc}, EndpointSlices: []*discoveryv1.EndpointSlice{
+		makeSlice("default", "dual", "dual-v4", 8080, ep("10.244.1.5", onNode("node-a"))), v6}}
+	cfg := testConfig()
+	cfg.ClusterCIDRs = append(cfg.ClusterCIDRs, netip.MustParsePrefix("fd00:10:244::/56"))
+	tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, state)
+	if err := tbl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string][]string{
+		"service-ips-v4":         {`10.96.0.100 . tcp . 80 comment "default/dual:http" : goto lb-v4-1`},
+		"service-ips-v6":         {`fd00:10:96::100 . tcp . 80 comment "default/dual:http" : goto lb-v6-1`},
+		"service-endpoints-v6":   {"fd00:10:96::100 . tcp . 80 . 0 : fd00:10:244:1::5 . 8080"},
+		"nodeport-endpoints-v6":  {"tcp . 30100 . 0 : fd00:10:244:1::5 . 8080"},
+		"nodeport-ips-v6":        {"fd00:192:168:50::10"},
+		"hairpin-connections-v6": {"fd00:10:244:1::5 . fd00:10:244:1::5 . tcp . 8080"},
+	}
+	for set, want := range checks {
+		if diff := cmp.Diff(want, elements(tbl, set)); diff != "" {
+			t.Errorf("%s (-want +got):\n%s", set, diff)
+		}
+	}
+	if diff := cmp.Diff([]string{"dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @service-endpoints-v6"}, rules(tbl, "lb-v6-1")); diff != "" {
+		t.Errorf("lb-v6-1 (-want +got):\n%s", diff)
+	}
+	if got := rules(tbl, "services"); len(got) != 6 || got[3] != `ip6 daddr @cluster-ips-v6 ip6 saddr != fd00:10:244::/56 meta mark set meta mark | 0x00004000 comment "masquerade off-cluster traffic to ClusterIPs"` {
+		t.Errorf("services chain: %q", got)
+	}
+}

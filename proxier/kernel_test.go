@@ -20,6 +20,7 @@ import (
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier/objects"
 )
 
 // Addresses of the packet tests' cluster.
@@ -375,5 +376,36 @@ func TestRefusedTransactionKeepsOldRulesAndIsRetried(t *testing.T) {
 	<-done
 	if got := kernel.seen.Load(); got < 3 {
 		t.Errorf("applied after %d attempts, want at least 3", got)
+	}
+}
+
+// The whole dual-stack example, with every feature, is accepted by the
+// kernel through netlink and lists as nft itself would load it.
+func TestExamplesTableIsAcceptedByTheKernel(t *testing.T) {
+	testnet.RequireRoot(t)
+	set, err := objects.Load([]string{"../examples"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var node *v1.Node
+	for _, n := range set.Nodes {
+		if n.Name == "node-a" {
+			node = n
+		}
+	}
+	cfg := testConfig()
+	cfg.ClusterCIDRs = append(cfg.ClusterCIDRs, netip.MustParsePrefix("fd00:10:244::/56"))
+	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12"), netip.MustParsePrefix("fd00:10:96::/112")}
+	cfg.LBSourceRangesForNodePorts = true
+	tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node})
+	ns := testnet.NewNS(t, "examples")
+	if err := nft.NewKernel(nft.WithNetNS(ns.Fd())).Apply(context.Background(), nft.FullPlan(tbl)); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	out := ns.Run(t, "nft", "list", "table", "inet", TableName)
+	for _, want := range []string{"dnat ip6 to ip6 daddr . meta l4proto . th dport . numgen random mod 2 map @service-endpoints-v6", "fd00:10:96::100 . tcp . 80"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kernel table lacks %q", want)
+		}
 	}
 }
