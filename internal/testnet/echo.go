@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // Reply is what an echo server answers: its name and the client address it
@@ -49,16 +50,23 @@ func (p *Pod) Serve(t testing.TB, ports ...uint16) {
 }
 
 // Serve listens on 0.0.0.0:port for TCP and for UDP in the namespace, for
-// each port, until the test ends. TCP servers write a Reply line naming name
-// to each accepted connection and close it; UDP servers send it back to every
-// datagram's sender, from the address the datagram was sent to.
+// each port, until the test ends; if the namespace has an IPv6 address other
+// than loopback and link-local ones, it listens on [::]:port as well. TCP
+// servers write a Reply line naming name to each accepted connection and
+// close it; UDP servers send it back to every datagram's sender, from the
+// address the datagram was sent to.
 func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
 	t.Helper()
 	var (
-		lns []net.Listener
-		pcs []*ipv4.PacketConn
+		lns  []net.Listener
+		pcs  []*ipv4.PacketConn
+		pcs6 []*ipv6.PacketConn
 	)
 	err := ns.Do(func() error {
+		has6, err := hasIPv6()
+		if err != nil {
+			return err
+		}
 		for _, port := range ports {
 			addr := ":" + strconv.Itoa(int(port))
 			ln, err := net.Listen("tcp4", addr)
@@ -77,6 +85,25 @@ func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
 			if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
 				return fmt.Errorf("enable IP_PKTINFO: %w", err)
 			}
+			if !has6 {
+				continue
+			}
+			// tcp6 and udp6 sockets are IPv6-only (IPV6_V6ONLY), so they
+			// do not collide with the IPv4 ones.
+			ln, err = net.Listen("tcp6", addr)
+			if err != nil {
+				return fmt.Errorf("listen tcp6: %w", err)
+			}
+			lns = append(lns, ln)
+			pc, err = net.ListenPacket("udp6", addr)
+			if err != nil {
+				return fmt.Errorf("listen udp6: %w", err)
+			}
+			p6 := ipv6.NewPacketConn(pc)
+			pcs6 = append(pcs6, p6)
+			if err := p6.SetControlMessage(ipv6.FlagDst, true); err != nil {
+				return fmt.Errorf("enable IPV6_RECVPKTINFO: %w", err)
+			}
 		}
 		return nil
 	})
@@ -86,6 +113,9 @@ func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
 			ln.Close()
 		}
 		for _, pc := range pcs {
+			pc.Close()
+		}
+		for _, pc := range pcs6 {
 			pc.Close()
 		}
 		wg.Wait()
@@ -99,6 +129,30 @@ func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
 	for _, pc := range pcs {
 		wg.Go(func() { serveUDP(pc, name) })
 	}
+	for _, pc := range pcs6 {
+		wg.Go(func() { serveUDP6(pc, name) })
+	}
+}
+
+// hasIPv6 reports whether the calling thread's namespace has an IPv6 address
+// that is neither loopback nor link-local.
+func hasIPv6() (bool, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false, fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		// IPv4 addresses come as 16 bytes, IPv4-mapped.
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if ok && ip.Is6() && !ip.Is4In6() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func serveTCP(ln net.Listener, name string) {
@@ -130,22 +184,49 @@ func serveUDP(pc *ipv4.PacketConn, name string) {
 	}
 }
 
-// DialTCP connects from the namespace to addr and reads the echo server's
-// reply. timeout bounds the connect and the read. Errors can be classified by
-// IsRefused and IsTimeout. It must be called from the test goroutine: it fails
-// t if it cannot enter the namespace.
-func (ns *NS) DialTCP(t testing.TB, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
-	t.Helper()
-	return ns.dial(t, "tcp4", addr, timeout)
+// serveUDP6 is serveUDP for IPv6, replying from the destination address
+// (IPV6_PKTINFO) likewise.
+func serveUDP6(pc *ipv6.PacketConn, name string) {
+	buf := make([]byte, 2048)
+	for {
+		_, cm, src, err := pc.ReadFrom(buf)
+		if err != nil {
+			return // closed by cleanup
+		}
+		client := unmap(src.(*net.UDPAddr).AddrPort())
+		var reply *ipv6.ControlMessage
+		if cm != nil {
+			reply = &ipv6.ControlMessage{Src: cm.Dst}
+		}
+		pc.WriteTo([]byte(Reply{Pod: name, Client: client}.String()+"\n"), reply, src)
+	}
 }
 
-// DialUDP sends a datagram from a connected socket in the namespace to addr
-// and reads the echo server's reply. An ICMP port unreachable answer makes
-// IsRefused true, silence until timeout makes IsTimeout true. Like DialTCP,
-// it fails t if it cannot enter the namespace.
+// DialTCP connects from the namespace to addr, over IPv4 or IPv6 as addr is,
+// and reads the echo server's reply. timeout bounds the connect and the read.
+// Errors can be classified by IsRefused and IsTimeout. It must be called from
+// the test goroutine: it fails t if it cannot enter the namespace.
+func (ns *NS) DialTCP(t testing.TB, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
+	t.Helper()
+	return ns.dial(t, "tcp"+ipVersion(addr), addr, timeout)
+}
+
+// DialUDP sends a datagram from a connected socket in the namespace to addr,
+// over IPv4 or IPv6 as addr is, and reads the echo server's reply. An ICMP
+// port unreachable answer makes IsRefused true, silence until timeout makes
+// IsTimeout true. Like DialTCP, it fails t if it cannot enter the namespace.
 func (ns *NS) DialUDP(t testing.TB, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
 	t.Helper()
-	return ns.dial(t, "udp4", addr, timeout)
+	return ns.dial(t, "udp"+ipVersion(addr), addr, timeout)
+}
+
+// ipVersion returns the suffix of Go's network names for addr: "6" for IPv6,
+// "4" otherwise, IPv4-mapped IPv6 included.
+func ipVersion(addr netip.AddrPort) string {
+	if a := addr.Addr(); a.Is6() && !a.Is4In6() {
+		return "6"
+	}
+	return "4"
 }
 
 func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout time.Duration) (Reply, error) {
@@ -171,7 +252,7 @@ func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout ti
 		return Reply{}, fmt.Errorf("set deadline: %w", err)
 	}
 	var line []byte
-	if network == "udp4" {
+	if strings.HasPrefix(network, "udp") {
 		if _, err = conn.Write([]byte("ping\n")); err == nil {
 			buf := make([]byte, 2048)
 			var n int
@@ -188,7 +269,7 @@ func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout ti
 }
 
 // IsRefused reports whether err means the peer refused: a TCP RST or an ICMP
-// port unreachable (ECONNREFUSED).
+// or ICMPv6 port unreachable (ECONNREFUSED).
 func IsRefused(err error) bool { return errors.Is(err, syscall.ECONNREFUSED) }
 
 // IsTimeout reports whether err means no answer came before the deadline, as

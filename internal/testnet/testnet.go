@@ -5,7 +5,8 @@
 // adds links, addresses, routes or rules to the root network namespace, and
 // every namespace is deleted by t.Cleanup, also when the test fails. Setup
 // uses the ip(8) command; traffic uses in-process Go sockets opened inside the
-// namespaces with (*NS).Do. Only IPv4 is supported.
+// namespaces with (*NS).Do. Clusters are IPv4-only unless Config.PodCIDR6 is
+// set, as Config.DualStack does.
 package testnet
 
 import (
