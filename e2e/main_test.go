@@ -35,6 +35,9 @@ func TestE2E(t *testing.T) {
 		{"NotReadyAndTerminating", testNotReadyAndTerminating},
 		{"ScaleLatency", testScaleLatency},
 		{"RestartProxy", testRestartProxy},
+		{"TableDeleted", testTableDeleted},
+		{"APIServerDown", testAPIServerDown},
+		{"ManyServices", testManyServices},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c) })

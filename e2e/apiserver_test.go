@@ -1,0 +1,84 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/nftproxy/nftproxy/e2e/harness"
+)
+
+// apiServerDowntime is how long the API server stays stopped.
+const apiServerDowntime = 30 * time.Second
+
+// testAPIServerDown stops the API server for apiServerDowntime while a pod
+// loops connections to a ClusterIP and the outside client to a NodePort: no
+// connection may fail. Once it is back, changes (a backend deleted, a
+// Service added) reach the rules; the time it took is logged, as clients
+// retry their watches with backoff.
+func testAPIServerDown(t *testing.T, c *harness.Cluster) {
+	s := newScenario(t, c)
+	pods := s.createPods(podSpec{"ad-1", "node1", "ad"}, podSpec{"ad-2", "node2", "ad"},
+		podSpec{"ad-client", "node3", "ad-client"})
+	svc := s.createService(newService("apidown", "ad", withType(v1.ServiceTypeNodePort)))
+	fromPod := harness.PodNS(pods["ad-client"])
+	nodePort := netip.AddrPortFrom(s.node("node2").IP, uint16(servicePort(svc, "tcp").NodePort))
+	s.waitAnswers(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"), "ad-1", "ad-2")
+	s.waitAnswers(c.Topology.Client, v1.ProtocolTCP, nodePort, "ad-1", "ad-2")
+
+	loops := []*trafficLoop{
+		s.startLoop("pod → ClusterIP tcp", fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp")),
+		s.startLoop("client → NodePort tcp", c.Topology.Client, v1.ProtocolTCP, nodePort),
+	}
+	api := c.ControlPlane.APIServer
+	if err := api.Stop(s.ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("API server stopped for %v", apiServerDowntime)
+	time.Sleep(apiServerDowntime)
+	if err := c.ControlPlane.StartAPIServer(s.ctx); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	t.Logf("API server ready again")
+	for _, l := range loops {
+		l.finish(t)
+	}
+
+	// The change needs the EndpointSlice controller and nftproxy, not the
+	// harness's kubelet: a pod is deleted, a Service is added.
+	removed := s.watchEndpoints("apidown", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	added := s.watchEndpoints("apidown-new", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	s.deletePod("ad-1", 0)
+	newSvc := s.createService(newService("apidown-new", "ad"))
+	// Clients (nftproxy, the controller manager) retry their watches with
+	// exponential backoff, up to 30 s plus jitter in client-go, so allow
+	// for that.
+	s.eventually(2*time.Minute, "the changes made after the API server returned reach the rules", func() error {
+		got := map[string]bool{}
+		for range 20 {
+			r, err := s.dial(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"))
+			if err != nil {
+				return err
+			}
+			got[r.Pod] = true
+		}
+		if err := sameSet(keys(got), []string{"ad-2"}); err != nil {
+			return err
+		}
+		_, err := s.dial(fromPod, v1.ProtocolTCP, clusterIP(newSvc, "tcp"))
+		return err
+	})
+	applied := time.Now()
+	slices := removed()
+	if a := added(); a.After(slices) {
+		slices = a
+	}
+	t.Logf("changes applied %v after the API server was ready again; the EndpointSlices changed after %v, nftproxy followed %v later",
+		applied.Sub(back).Round(time.Millisecond), slices.Sub(back).Round(time.Millisecond), applied.Sub(slices).Round(time.Millisecond))
+}

@@ -1,0 +1,228 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	v1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/yaml"
+
+	"github.com/nftproxy/nftproxy/e2e/harness"
+	"github.com/nftproxy/nftproxy/internal/testnet"
+)
+
+const (
+	// manyServices is how many Services the scenario creates at once.
+	manyServices = 500
+	// serviceWriters is how many clients create them in parallel.
+	serviceWriters = 32
+	// sampleEvery picks the Services whose traffic is checked.
+	sampleEvery = 20
+)
+
+// testManyServices creates manyServices Services over the same three pods at
+// once, with parallel writers; checks a sample of them answers from every
+// node; and checks that nftproxy's table on every node equals what
+// `nftproxy dump` makes of the same objects read back from the API, both
+// loaded into the kernel and listed by nft.
+func testManyServices(t *testing.T, c *harness.Cluster) {
+	s := newScenario(t, c)
+	s.createPods(podSpec{"bulk-1", "node1", "bulk"}, podSpec{"bulk-2", "node2", "bulk"}, podSpec{"bulk-3", "node3", "bulk"})
+	start := time.Now()
+	svcs := s.createManyServices()
+	created := time.Since(start)
+	s.eventually(2*time.Minute, fmt.Sprintf("all %d services have 3 ready endpoints", manyServices), func() error {
+		return s.allServicesReady(3)
+	})
+	sliced := time.Since(start)
+	for i := 0; i < len(svcs); i += sampleEvery {
+		for _, n := range c.Topology.Nodes {
+			s.eventually(time.Minute, fmt.Sprintf("%s answers from %s", svcs[i].Name, n.Name), func() error {
+				_, err := s.dial(n.NS, v1.ProtocolTCP, clusterIP(svcs[i], "tcp"))
+				return err
+			})
+		}
+	}
+	t.Logf("%d services: created in %v by %d writers, EndpointSlices ready after %v, a sample of %d reachable from every node after %v",
+		manyServices, created.Round(time.Millisecond), serviceWriters, sliced.Round(time.Millisecond),
+		(len(svcs)+sampleEvery-1)/sampleEvery, time.Since(start).Round(time.Millisecond))
+
+	for _, n := range c.Topology.Nodes {
+		t.Run("DumpEqualsKernel/"+n.Name, func(t *testing.T) {
+			s := s.with(t)
+			scratch := testnet.NewNS(t, "e2e-scratch")
+			s.eventually(time.Minute, "the kernel's table equals nftproxy dump", func() error {
+				return s.compareWithDump(n, scratch)
+			})
+		})
+	}
+}
+
+// createManyServices creates the Services with parallel writers and returns
+// them as created, in order.
+func (s *scenario) createManyServices() []*v1.Service {
+	s.t.Helper()
+	out := make([]*v1.Service, manyServices)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, serviceWriters)
+	for w := range serviceWriters {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= manyServices {
+					return
+				}
+				svc := newService(fmt.Sprintf("bulk-%03d", i), "bulk", func(svc *v1.Service) { svc.Spec.Ports = svc.Spec.Ports[:1] })
+				created, err := s.c.Client.CoreV1().Services(s.ns).Create(s.ctx, svc, metav1.CreateOptions{})
+				if err != nil {
+					errs[w] = fmt.Errorf("create service %s: %w", svc.Name, err)
+					return
+				}
+				out[i] = created
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// allServicesReady returns nil once every Service of the scenario has want
+// ready endpoints.
+func (s *scenario) allServicesReady(want int) error {
+	list, err := s.c.Client.DiscoveryV1().EndpointSlices(s.ns).List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	readyBySvc := map[string]int{}
+	for _, sl := range list.Items {
+		for _, ep := range sl.Endpoints {
+			if ready(ep) {
+				readyBySvc[sl.Labels[discoveryv1.LabelServiceName]]++
+			}
+		}
+	}
+	n := 0
+	for _, r := range readyBySvc {
+		if r == want {
+			n++
+		}
+	}
+	if n < manyServices {
+		return fmt.Errorf("%d of %d services have %d ready endpoints", n, manyServices, want)
+	}
+	return nil
+}
+
+// compareWithDump reads every Service, EndpointSlice and Node back from the
+// API, has `nftproxy dump` render the table for node n (with the
+// ServiceCIDRs' ranges as --service-cluster-ip-range), loads it into the
+// scratch namespace, and compares both tables as nft lists them.
+func (s *scenario) compareWithDump(n harness.NodeSpec, scratch *testnet.NS) error {
+	dir := s.t.TempDir()
+	objects := filepath.Join(dir, "objects.yaml")
+	if err := s.writeObjects(objects); err != nil {
+		return err
+	}
+	bin, err := s.c.Paths.Binary("nftproxy")
+	if err != nil {
+		return err
+	}
+	// The daemon reads the ServiceCIDR objects; dump takes their ranges as
+	// a flag.
+	cidrs, err := s.c.Client.NetworkingV1().ServiceCIDRs().List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list service CIDRs: %w", err)
+	}
+	args := []string{"dump", "--objects", objects, "--hostname", n.Name, "--cluster-cidr", harness.ClusterCIDR.String()}
+	for _, sc := range cidrs.Items {
+		for _, cidr := range sc.Spec.CIDRs {
+			args = append(args, "--service-cluster-ip-range", cidr)
+		}
+	}
+	script, err := exec.CommandContext(s.ctx, bin, args...).Output()
+	if err != nil {
+		return fmt.Errorf("run nftproxy dump: %w", err)
+	}
+	scriptPath := filepath.Join(dir, "dump.nft")
+	if err := os.WriteFile(scriptPath, script, 0o644); err != nil {
+		return fmt.Errorf("write dump: %w", err)
+	}
+	if _, err := scratch.RunErr("nft", "-f", scriptPath); err != nil {
+		return fmt.Errorf("load dump: %w", err)
+	}
+	want, err := scratch.RunErr("nft", "list", "table", "inet", harness.TableName)
+	if err != nil {
+		return err
+	}
+	got, err := n.ListTable(s.ctx)
+	if err != nil {
+		return err
+	}
+	if diff := cmp.Diff(normalizeListing(want), normalizeListing(got)); diff != "" {
+		return fmt.Errorf("%s's table differs from nftproxy dump (-dump +kernel):\n%s", n.Name, diff)
+	}
+	return nil
+}
+
+// writeObjects writes every Service, EndpointSlice and Node as one YAML List.
+func (s *scenario) writeObjects(path string) error {
+	client := s.c.Client
+	svcs, err := client.CoreV1().Services("").List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	slices, err := client.DiscoveryV1().EndpointSlices("").List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list endpoint slices: %w", err)
+	}
+	nodes, err := client.CoreV1().Nodes().List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("list nodes: %w", err)
+	}
+	var items []any
+	typed := func(obj metav1.Object, tm *metav1.TypeMeta, gvk schema.GroupVersionKind) {
+		tm.APIVersion, tm.Kind = gvk.GroupVersion().String(), gvk.Kind
+		obj.SetManagedFields(nil)
+	}
+	for i := range svcs.Items {
+		o := &svcs.Items[i]
+		typed(o, &o.TypeMeta, v1.SchemeGroupVersion.WithKind("Service"))
+		items = append(items, o)
+	}
+	for i := range slices.Items {
+		o := &slices.Items[i]
+		typed(o, &o.TypeMeta, discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"))
+		items = append(items, o)
+	}
+	for i := range nodes.Items {
+		o := &nodes.Items[i]
+		typed(o, &o.TypeMeta, v1.SchemeGroupVersion.WithKind("Node"))
+		items = append(items, o)
+	}
+	b, err := yaml.Marshal(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+	if err != nil {
+		return fmt.Errorf("encode objects: %w", err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("write objects: %w", err)
+	}
+	return nil
+}
