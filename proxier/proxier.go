@@ -39,6 +39,9 @@ type Proxier struct {
 	// Changes recorded since the last sync, for the sync's log line.
 	serviceChanges, sliceChanges int
 	fullPending                  bool
+	// oldestQueued is when the oldest change not yet applied was recorded;
+	// lastSynced when a sync last succeeded (health).
+	oldestQueued, lastSynced time.Time
 
 	queue        workqueue.TypedRateLimitingInterface[string]
 	healthChecks ServiceHealthServer
@@ -94,6 +97,9 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 func (p *Proxier) record(counter *int, change func()) {
 	p.mu.Lock()
 	change()
+	if p.oldestQueued.IsZero() {
+		p.oldestQueued = time.Now()
+	}
 	if counter != nil {
 		*counter++
 	}
@@ -145,6 +151,18 @@ func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
 // SetNode records this node (nil when it was deleted).
 func (p *Proxier) SetNode(node *v1.Node) {
 	p.record(nil, func() { p.node = node })
+}
+
+// requeued puts back the wait of changes a failed sync did not apply.
+func (p *Proxier) requeued(since time.Time) {
+	if since.IsZero() {
+		return
+	}
+	p.mu.Lock()
+	if p.oldestQueued.IsZero() || since.Before(p.oldestQueued) {
+		p.oldestQueued = since
+	}
+	p.mu.Unlock()
 }
 
 // Run syncs until ctx ends: after changes (at most once per MinSyncPeriod),
@@ -211,6 +229,10 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.lastSync = start
 
 	p.mu.Lock()
+	// Every change recorded so far is in this sync; one recorded while it
+	// runs starts a new wait.
+	queued := p.oldestQueued
+	p.oldestQueued = time.Time{}
 	cfg := p.cfg
 	if p.localAddrs != nil {
 		cfg.LocalAddrs = p.localAddrs
@@ -243,9 +265,13 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	plan := nft.Diff(p.have, want)
 	if err := p.kernel.Apply(ctx, plan); err != nil {
 		p.have = nil
+		p.requeued(queued)
 		return fmt.Errorf("sync rules: %w", err)
 	}
 	p.have = plan.Committed()
+	p.mu.Lock()
+	p.lastSynced = time.Now()
+	p.mu.Unlock()
 	if p.healthChecks != nil {
 		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
 	}

@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"strings"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -25,6 +29,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	hostname := fs.String("hostname-override", "", "this node's name (default: the host name)")
 	minSync := fs.Duration("min-sync-period", def.MinSyncPeriod, "minimum interval between syncs")
 	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
+	healthzAddr := fs.String("healthz-bind-address", "0.0.0.0:10256", "address of /healthz, /livez and /readyz (empty: none)")
 	return func(ctx context.Context) error {
 		nodeName := *hostname
 		if nodeName == "" {
@@ -51,16 +56,41 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create client: %w", err)
 		}
-		health := healthcheck.NewServer(klog.FromContext(ctx), nil, nil)
+		var p *proxier.Proxier
+		health := healthcheck.NewServer(klog.FromContext(ctx), nil, func() bool { return p.Healthy() })
 		defer health.Close()
-		p, err := proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health),
+		p, err = proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health),
 			proxier.WithConntrack(conntrack.New(-1)))
 		if err != nil {
 			return err
+		}
+		if *healthzAddr != "" {
+			if err := serveHealth(ctx, *healthzAddr, p.HealthHandler()); err != nil {
+				return err
+			}
 		}
 		if err := watchLocalAddrs(ctx, p.SetLocalAddrs); err != nil {
 			return err
 		}
 		return p.Watch(ctx, client)
 	}
+}
+
+// serveHealth serves the proxy's health endpoints until ctx ends.
+func serveHealth(ctx context.Context, addr string, h http.Handler) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for health checks on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			klog.FromContext(ctx).Error(err, "Health server stopped")
+		}
+	}()
+	return nil
 }
