@@ -232,13 +232,13 @@ func TestLoadExamples(t *testing.T) {
 	}
 	want := []string{
 		"Service kube-system/kube-dns",
-		"Service default/edge", "Service default/cache", "Service default/zonal", "Service default/sticky", "Service default/dual",
+		"Service default/edge", "Service default/cache", "Service default/zonal", "Service default/sticky", "Service default/dual", "Service default/diameter",
 		"Service default/web", "Service default/shop", "Service default/api", "Service default/legacy",
 		"Service default/empty", "Service default/db", "Service default/ext",
 		"EndpointSlice default/web-5k8vz", "EndpointSlice default/shop-q2w7d", "EndpointSlice default/api-h6n2c",
 		"EndpointSlice default/legacy-m4t9x", "EndpointSlice default/empty-b8r3f", "EndpointSlice default/db-z7k2p",
 		"EndpointSlice kube-system/kube-dns-8r2xw",
-		"EndpointSlice default/edge-a1b2c", "EndpointSlice default/cache-d4e5f", "EndpointSlice default/zonal-g7h8i", "EndpointSlice default/sticky-j9k0l", "EndpointSlice default/dual-v4abc", "EndpointSlice default/dual-v6def",
+		"EndpointSlice default/edge-a1b2c", "EndpointSlice default/cache-d4e5f", "EndpointSlice default/zonal-g7h8i", "EndpointSlice default/sticky-j9k0l", "EndpointSlice default/dual-v4abc", "EndpointSlice default/dual-v6def", "EndpointSlice default/diameter-m1n2o",
 		"Node node-a", "Node node-b",
 	}
 	if diff := cmp.Diff(want, names(set)); diff != "" {
