@@ -289,7 +289,8 @@ func (s *scenario) waitAnswers(from harness.NS, proto v1.Protocol, addr netip.Ad
 	s.eventually(30*time.Second, fmt.Sprintf("%s %s from %s reaches %v", proto, addr, from.Name, pods), func() error {
 		got = map[string][]testnet.Reply{}
 		for range 10 * len(pods) {
-			r, err := s.dial(from, proto, addr)
+			// Short: before the rules exist, packets may go nowhere.
+			r, err := from.Dial(s.ctx, proto, addr, 500*time.Millisecond)
 			if err != nil {
 				return err
 			}

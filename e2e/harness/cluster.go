@@ -39,9 +39,10 @@ type Cluster struct {
 }
 
 // Up tears down what an earlier cluster may have left, then builds the
-// network, starts the control plane, registers the Nodes and starts nftproxy
-// on every node, waiting until each has programmed its first rules. On
-// failure it tears down what it made.
+// network, starts the control plane, applies nftproxy's RBAC objects from
+// manifests/rbac.yaml, registers the Nodes and starts nftproxy on every node
+// with its ServiceAccount's token, waiting until each has programmed its
+// first rules. On failure it tears down what it made.
 func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
@@ -87,11 +88,15 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.ControlPlane.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
+	proxyKubeconfig, err := applyRBAC(ctx, c.Client, paths.State)
+	if err != nil {
+		return nil, err
+	}
 	for _, n := range c.Topology.Nodes {
 		if err := registerNode(ctx, c.Client, n); err != nil {
 			return nil, err
 		}
-		if c.Proxies[n.Name], err = proxyProcess(paths, n, c.Credentials.Kubeconfig, opts.Detach); err != nil {
+		if c.Proxies[n.Name], err = proxyProcess(paths, n, proxyKubeconfig, opts.Detach); err != nil {
 			return nil, err
 		}
 		if err := c.Proxies[n.Name].Start(ctx); err != nil {
