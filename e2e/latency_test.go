@@ -24,7 +24,7 @@ import (
 )
 
 // scaleRounds is how many times the backend goes 3 → 0 → 3.
-const scaleRounds = 5
+const scaleRounds = 10
 
 // probeTimeout bounds one connection of the latency probes: a connection
 // DNATed to a pod that is gone times out, so this is the resolution of a
