@@ -101,6 +101,9 @@ type builder struct {
 	// serviceCIDRs are the ClusterIP ranges, from the flag and the API,
 	// without overlaps.
 	serviceCIDRs []netip.Prefix
+	// localReady collects each health-checked service's local ready
+	// endpoint addresses.
+	localReady map[types.NamespacedName]map[netip.Addr]bool
 }
 
 // groupSlices groups EndpointSlices by the service they belong to.
@@ -321,14 +324,31 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 				addUDPEndpoints(udp, sp, cluster, local)
 			}
 			if sp.healthCheckNodePort != 0 {
-				hc := health[key]
-				hc.Port = sp.healthCheckNodePort
-				hc.LocalEndpoints += len(local)
-				health[key] = hc
+				b.countLocalReady(health, key, sp.healthCheckNodePort, eps)
 			}
 		}
 	}
 	return fb
+}
+
+// countLocalReady counts a service's distinct ready endpoint addresses on
+// this node, over all its ports and families, as kube-proxy's
+// LocalReadyEndpoints does for health checks.
+func (b *builder) countLocalReady(health map[types.NamespacedName]healthcheck.Check, key types.NamespacedName, port uint16, eps []endpoint) {
+	if b.localReady == nil {
+		b.localReady = map[types.NamespacedName]map[netip.Addr]bool{}
+	}
+	seen := b.localReady[key]
+	if seen == nil {
+		seen = map[netip.Addr]bool{}
+		b.localReady[key] = seen
+	}
+	for _, e := range eps {
+		if e.ready && e.isLocal(b.cfg.NodeName) {
+			seen[e.addr] = true
+		}
+	}
+	health[key] = healthcheck.Check{Port: port, LocalEndpoints: len(seen)}
 }
 
 func (fb *familyBuild) addSets(t *nft.Table) {

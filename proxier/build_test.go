@@ -312,11 +312,18 @@ func TestBuildIsDeterministic(t *testing.T) {
 }
 
 func TestBuildExternalLocalChainsAndHealthChecks(t *testing.T) {
+	svc := makeService("default", "web", "10.96.0.10",
+		withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))
+	// A second port: health checks count endpoints, not endpoint ports.
+	svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "metrics", Protocol: v1.ProtocolTCP, Port: 9090, NodePort: 30090})
 	state := State{
-		Services: []*v1.Service{makeService("default", "web", "10.96.0.10",
-			withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000))},
-		EndpointSlices: []*discoveryv1.EndpointSlice{makeSlice("default", "web", "web-1", 8080,
-			ep("10.244.1.5", onNode("node-a")), ep("10.244.1.6", onNode("node-a")), ep("10.244.2.6", onNode("node-b")))},
+		Services: []*v1.Service{svc},
+		EndpointSlices: []*discoveryv1.EndpointSlice{func() *discoveryv1.EndpointSlice {
+			s := makeSlice("default", "web", "web-1", 8080,
+				ep("10.244.1.5", onNode("node-a")), ep("10.244.1.6", onNode("node-a")), ep("10.244.2.6", onNode("node-b")), ep("10.244.1.7", onNode("node-a"), notReady))
+			s.Ports = append(s.Ports, discoveryv1.EndpointPort{Name: ptr.To("metrics"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](9090)})
+			return s
+		}()},
 	}
 	r := BuildRules(ktesting.NewLogger(t, ktesting.NewConfig()), testConfig(), state)
 	want := []string{
