@@ -25,10 +25,13 @@ type affinityPort struct {
 	sp      *servicePort
 	id      string // HASH8-ns/svc/proto/port
 	eps     []endpoint
+	local   []endpoint // for the Local traffic policies
 	timeout time.Duration
 	// Which chains are needed: by service IP (ClusterIP or external IP with
-	// the Cluster policy), by NodePort, and external (masquerading) ones.
-	vip, nodePort, external, externalNodePort bool
+	// the Cluster policy), by NodePort, external (masquerading) ones, and
+	// their Local policy counterparts.
+	vip, nodePort, external, externalNodePort                     bool
+	localVIP, localNodePort, externalLocal, externalLocalNodePort bool
 }
 
 // servicePortID names a service port in chain and set names as kube-proxy
@@ -47,6 +50,27 @@ func (a *affinityPort) externalChain() string        { return "external-" + a.id
 func (a *affinityPort) externalNodePortChain() string {
 	return "external-nodeport-" + a.id
 }
+func (a *affinityPort) serviceLocalChain() string { return "service-local-" + a.id }
+func (a *affinityPort) serviceNodePortLocalChain() string {
+	return "service-nodeport-local-" + a.id
+}
+func (a *affinityPort) externalLocalChain() string { return "external-local-" + a.id }
+func (a *affinityPort) externalLocalNodePortChain() string {
+	return "external-nodeport-local-" + a.id
+}
+
+// allEndpoints is every endpoint a chain of the port may pick: the cluster
+// ones and the local ones (which may include serving terminating endpoints
+// the cluster list has not).
+func (a *affinityPort) allEndpoints() []endpoint {
+	all := slices.Clone(a.eps)
+	for _, e := range a.local {
+		if !slices.ContainsFunc(all, func(o endpoint) bool { return o.addr == e.addr && o.port == e.port }) {
+			all = append(all, e)
+		}
+	}
+	return all
+}
 
 // endpointSuffix names an endpoint in chain and set names; IPv6 colons
 // become dots, which nft identifiers allow.
@@ -61,21 +85,21 @@ func (a *affinityPort) affinitySet(e endpoint) string { return "affinity-" + a.i
 
 // affinityFor returns the affinity port record of sp in this family,
 // creating it the first time.
-func (fb *familyBuild) affinityFor(sp *servicePort, eps []endpoint) *affinityPort {
+func (fb *familyBuild) affinityFor(sp *servicePort, cluster, local []endpoint) *affinityPort {
 	for _, a := range fb.affinity {
 		if a.sp == sp {
 			return a
 		}
 	}
-	a := &affinityPort{sp: sp, id: servicePortID(sp), eps: eps, timeout: sp.affinity}
+	a := &affinityPort{sp: sp, id: servicePortID(sp), eps: cluster, local: local, timeout: sp.affinity}
 	fb.affinity = append(fb.affinity, a)
 	return a
 }
 
 // appendAffinitySlots adds one verdict element per endpoint: key . slot →
 // goto the endpoint's chain.
-func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum) []nft.Element {
-	for i, e := range a.eps {
+func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, eps []endpoint) []nft.Element {
+	for i, e := range eps {
 		elems = append(elems, vmapElement(append(slices.Clone(key), nft.Int(uint32(i))), a.endpointChain(e), ""))
 	}
 	return elems
@@ -86,21 +110,30 @@ func (b *builder) addAffinity(t *nft.Table, fb *familyBuild, masq nft.Expr) {
 	f := fb.f
 	saddr, daddr := nft.Saddr(f.ipv6), nft.Daddr(f.ipv6)
 	for _, a := range fb.affinity {
-		n := uint32(len(a.eps))
-		sticky := func(c *nft.Chain) {
-			for _, e := range a.eps {
+		n, m := uint32(len(a.eps)), uint32(len(a.local))
+		sticky := func(c *nft.Chain, eps []endpoint) {
+			for _, e := range eps {
 				c.AddRule(nft.SetMatch{Fields: []nft.Field{saddr}, Set: a.affinitySet(e)}, nft.Goto(a.endpointChain(e)))
 			}
 		}
+		pick := func(name string, eps []endpoint, key []nft.Field, mod uint32, m string) {
+			c := t.AddChain(&nft.Chain{Name: name})
+			sticky(c, eps)
+			c.AddRule(nft.VerdictMap{Fields: append(key, nft.NumgenRandom(mod)), Map: m})
+		}
+		vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
+		np := []nft.Field{nft.L4Proto, nft.THDport}
 		if a.vip {
-			c := t.AddChain(&nft.Chain{Name: a.serviceChain()})
-			sticky(c)
-			c.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport, nft.NumgenRandom(n)}, Map: f.affinityEndpoints()})
+			pick(a.serviceChain(), a.eps, vip, n, f.affinityEndpoints())
 		}
 		if a.nodePort {
-			c := t.AddChain(&nft.Chain{Name: a.serviceNodePortChain()})
-			sticky(c)
-			c.AddRule(nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport, nft.NumgenRandom(n)}, Map: f.affinityNodePortEndpoints()})
+			pick(a.serviceNodePortChain(), a.eps, np, n, f.affinityNodePortEndpoints())
+		}
+		if a.localVIP {
+			pick(a.serviceLocalChain(), a.local, vip, m, f.affinityLocalEndpoints())
+		}
+		if a.localNodePort {
+			pick(a.serviceNodePortLocalChain(), a.local, np, m, f.affinityNodePortLocalEndpoints())
 		}
 		if a.external {
 			t.AddChain(&nft.Chain{Name: a.externalChain()}).AddRule(masq, nft.Goto(a.serviceChain()))
@@ -108,7 +141,15 @@ func (b *builder) addAffinity(t *nft.Table, fb *familyBuild, masq nft.Expr) {
 		if a.externalNodePort {
 			t.AddChain(&nft.Chain{Name: a.externalNodePortChain()}).AddRule(masq, nft.Goto(a.serviceNodePortChain()))
 		}
-		for _, e := range a.eps {
+		// The Local policy's external chains, as the shared ones
+		// (addFamilyChains) but through this port's affinity chains.
+		if a.externalLocal {
+			fb.localExternalChain(t, a.externalLocalChain(), a.serviceChain(), a.serviceLocalChain(), m > 0, masq)
+		}
+		if a.externalLocalNodePort {
+			fb.localExternalChain(t, a.externalLocalNodePortChain(), a.serviceNodePortChain(), a.serviceNodePortLocalChain(), m > 0, masq)
+		}
+		for _, e := range a.allEndpoints() {
 			t.AddSet(&nft.Set{Name: a.affinitySet(e), Key: []nft.Field{saddr}, Dynamic: true, Timeout: a.timeout})
 			c := t.AddChain(&nft.Chain{Name: a.endpointChain(e)})
 			c.AddRule(nft.UpdateSet{Set: a.affinitySet(e), Fields: []nft.Field{saddr}})

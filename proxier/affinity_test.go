@@ -146,3 +146,93 @@ func TestSessionAffinityWithPackets(t *testing.T) {
 		})
 	})
 }
+
+func TestBuildSessionAffinityWithLocalPolicies(t *testing.T) {
+	svc := makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}),
+		withExternalLocal(31000), withInternalLocal(), withAffinity(600))
+	state := State{Services: []*v1.Service{svc}, EndpointSlices: []*discoveryv1.EndpointSlice{
+		makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5", onNode("node-a")), ep("10.244.2.6", onNode("node-b"))),
+	}}
+	tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), testConfig(), state)
+	if err := tbl.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	id := servicePortID(&servicePort{service: types.NamespacedName{Namespace: "default", Name: "web"}, proto: nft.ProtoTCP, portName: "http"})
+	local := "__10.244.1.5/8080"
+	want := map[string][]string{
+		"service-local-" + id: {
+			"ip saddr @affinity-" + id + local + " goto endpoint-" + id + local,
+			"ip daddr . meta l4proto . th dport . numgen random mod 1 vmap @affinity-local-endpoints-v4",
+		},
+		"external-local-" + id: {
+			`ip saddr 10.244.0.0/16 goto service-` + id + ` comment "short-circuit pod traffic"`,
+			`fib saddr type local meta mark set meta mark | 0x00004000 comment "masquerade local traffic"`,
+			`fib saddr type local goto service-` + id + ` comment "short-circuit local traffic"`,
+			"goto service-local-" + id,
+		},
+		"external-nodeport-local-" + id: {
+			`ip saddr 10.244.0.0/16 goto service-nodeport-` + id + ` comment "short-circuit pod traffic"`,
+			`fib saddr type local meta mark set meta mark | 0x00004000 comment "masquerade local traffic"`,
+			`fib saddr type local goto service-nodeport-` + id + ` comment "short-circuit local traffic"`,
+			"goto service-nodeport-local-" + id,
+		},
+	}
+	for chain, wantRules := range want {
+		if diff := cmp.Diff(wantRules, rules(tbl, chain)); diff != "" {
+			t.Errorf("chain %s (-want +got):\n%s", chain, diff)
+		}
+	}
+	// The ClusterIP (internalTrafficPolicy Local) and the LB IP both use the
+	// local slots; the LB IP also has cluster slots for the short-circuit.
+	wantLocal := []string{
+		"10.96.0.10 . tcp . 80 . 0 : goto endpoint-" + id + local,
+		"203.0.113.10 . tcp . 80 . 0 : goto endpoint-" + id + local,
+	}
+	if diff := cmp.Diff(wantLocal, elements(tbl, "affinity-local-endpoints-v4")); diff != "" {
+		t.Errorf("local slots (-want +got):\n%s", diff)
+	}
+	if got := elements(tbl, "affinity-endpoints-v4"); len(got) != 2 || !strings.HasPrefix(got[0], "203.0.113.10") {
+		t.Errorf("cluster slots: %q", got)
+	}
+}
+
+func TestSessionAffinityWithLocalPolicyWithPackets(t *testing.T) {
+	c, _ := packetCluster(t)
+	objs := []runtime.Object{
+		makeNode("node-a", nodeIP.String()),
+		makeService("default", "sticky-local", "10.96.0.91", withLoadBalancer(30098, v1.LoadBalancerIngress{IP: "203.0.113.91"}),
+			withExternalLocal(31098), withAffinity(60)),
+		// pod-c is labelled remote: only pod-a and pod-b are local.
+		makeSlice("default", "sticky-local", "sticky-local-1", 8080,
+			ep(podIPs["pod-a"], onNode("node-a")), ep(podIPs["pod-b"], onNode("node-a")), ep(podIPs["pod-c"], onNode("node-b"))),
+	}
+	startProxier(t, c, fake.NewClientset(objs...))
+	var clients []netip.Addr
+	for i := range 12 {
+		a := netip.AddrFrom4([4]byte{192, 168, 50, byte(200 + i)})
+		c.Client.Run(t, "ip", "addr", "add", a.String()+"/24", "dev", "eth0")
+		clients = append(clients, a)
+	}
+	chosen := map[string]bool{}
+	for _, src := range clients {
+		first := ""
+		for i := range 5 {
+			pod, err := dialFrom(t, c.Client, src, vipPort("203.0.113.91", 80))
+			if err != nil {
+				t.Fatalf("client %s: %v", src, err)
+			}
+			if pod == "pod-c" {
+				t.Fatalf("external client %s reached the remote endpoint", src)
+			}
+			if i == 0 {
+				first = pod
+			} else if pod != first {
+				t.Fatalf("client %s went to %s then %s", src, first, pod)
+			}
+		}
+		chosen[first] = true
+	}
+	if len(chosen) != 2 {
+		t.Errorf("12 clients stuck to %v; want both local endpoints used", chosen)
+	}
+}

@@ -176,6 +176,10 @@ func (f family) firewallNodePortAllow() string  { return f.name("firewall-nodepo
 func (f family) affinityNodePortEndpoints() string {
 	return f.name("affinity-nodeport-endpoints")
 }
+func (f family) affinityLocalEndpoints() string { return f.name("affinity-local-endpoints") }
+func (f family) affinityNodePortLocalEndpoints() string {
+	return f.name("affinity-nodeport-local-endpoints")
+}
 
 // Chains that pick one of n endpoints by DNAT: of a service IP port's
 // cluster or local endpoints, of a NodePort's.
@@ -226,6 +230,7 @@ type familyBuild struct {
 	nodePorts, nodePortEndpoints, nodePortLocalEPs []nft.Element
 	noEndpointServices, noEndpointNodePorts        []nft.Element
 	affinityEPs, affinityNodePortEPs               []nft.Element
+	affinityLocalEPs, affinityNodePortLocalEPs     []nft.Element
 	firewallIPs, firewallAllow                     []nft.Element
 	firewallNodePorts, firewallNodePortAllow       []nft.Element
 	affinity                                       []*affinityPort
@@ -376,6 +381,8 @@ func (fb *familyBuild) addSets(t *nft.Table) {
 		{Name: fb.f.firewallNodePortAllow(), Key: append(slices.Clone(np), saddr), Interval: true, Comment: "sources allowed to NodePorts", Elements: fb.firewallNodePortAllow},
 		{Name: fb.f.affinityEndpoints(), Key: slot(vip), Verdict: true, Comment: "endpoint chain of each slot of a service IP port with session affinity", Elements: fb.affinityEPs},
 		{Name: fb.f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity", Elements: fb.affinityNodePortEPs},
+		{Name: fb.f.affinityLocalEndpoints(), Key: slot(vip), Verdict: true, Comment: "local endpoint chain of each slot, session affinity with a Local policy", Elements: fb.affinityLocalEPs},
+		{Name: fb.f.affinityNodePortLocalEndpoints(), Key: slot(np), Verdict: true, Comment: "local endpoint chain of each slot of a Local NodePort with session affinity", Elements: fb.affinityNodePortLocalEPs},
 	}
 	for _, s := range sets {
 		t.AddSet(s)

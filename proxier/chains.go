@@ -162,20 +162,30 @@ func (b *builder) addFamilyChains(t *nft.Table, fb *familyBuild, masq nft.Expr) 
 	// keeps its source and goes to a local endpoint, or on to the filter
 	// hooks' drop when there is none.
 	local := func(name, cluster, localChain string, m int) {
-		c := t.AddChain(&nft.Chain{Name: name})
-		for _, match := range fb.local.ifLocal() {
-			c.AddRuleWithComment("short-circuit pod traffic", append(match, nft.Goto(cluster))...)
-		}
-		c.AddRuleWithComment("masquerade local traffic", nft.FibSaddrLocal{}, masq)
-		c.AddRuleWithComment("short-circuit local traffic", nft.FibSaddrLocal{}, nft.Goto(cluster))
-		if m > 0 {
-			c.AddRule(nft.Goto(localChain))
-		}
+		fb.localExternalChain(t, name, cluster, localChain, m > 0, masq)
 	}
 	for _, nm := range sortedPairs(fb.externalLocal) {
 		local(f.externalLocalChain(false, nm[0], nm[1]), f.lbChain(nm[0]), f.lbLocalChain(nm[1]), nm[1])
 	}
 	for _, nm := range sortedPairs(fb.externalNodePortLocal) {
 		local(f.externalLocalChain(true, nm[0], nm[1]), f.lbNodePortChain(nm[0]), f.lbNodePortLocalChain(nm[1]), nm[1])
+	}
+}
+
+// localExternalChain adds a chain for external traffic with the Local
+// policy, as kube-proxy does: pod traffic is short-circuited to all
+// endpoints (cluster) as if it had gone out to the load balancer and back;
+// host traffic too, masqueraded since its source is a node address; the
+// rest keeps its source and goes to a local endpoint (local), or on to the
+// filter hooks' drop when there is none.
+func (fb *familyBuild) localExternalChain(t *nft.Table, name, cluster, local string, hasLocal bool, masq nft.Expr) {
+	c := t.AddChain(&nft.Chain{Name: name})
+	for _, match := range fb.local.ifLocal() {
+		c.AddRuleWithComment("short-circuit pod traffic", append(match, nft.Goto(cluster))...)
+	}
+	c.AddRuleWithComment("masquerade local traffic", nft.FibSaddrLocal{}, masq)
+	c.AddRuleWithComment("short-circuit local traffic", nft.FibSaddrLocal{}, nft.Goto(cluster))
+	if hasLocal {
+		c.AddRule(nft.Goto(local))
 	}
 }

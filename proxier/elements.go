@@ -35,14 +35,19 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 		switch {
 		case !hasInternal:
 			fb.noEndpointServices = append(fb.noEndpointServices, nft.Element{Key: key, Verdict: &noEndpoints, Comment: comment})
+		case sp.internalLocal && sp.affinity > 0:
+			a := fb.affinityFor(sp, cluster, local)
+			a.localVIP = true
+			fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local)
+			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceLocalChain(), comment))
 		case sp.internalLocal:
 			fb.lbLocal[m] = true
 			fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbLocalChain(m), comment))
 		case sp.affinity > 0:
-			a := fb.affinityFor(sp, cluster)
+			a := fb.affinityFor(sp, cluster, local)
 			a.vip = true
-			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key)
+			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceChain(), comment))
 		default:
 			fb.lb[n] = true
@@ -56,11 +61,23 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 		if !ok {
 			continue
 		}
-		if hasEndpoints && sp.affinity > 0 && !sp.externalLocal {
-			a := fb.affinityFor(sp, cluster)
-			a.vip, a.external = true, true
-			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key)
-			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.externalChain(), comment))
+		if hasEndpoints && sp.affinity > 0 {
+			// Cluster slots serve the Cluster policy, and the short-circuit
+			// of pod and host traffic under the Local policy.
+			a := fb.affinityFor(sp, cluster, local)
+			a.vip = true
+			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster)
+			target := a.externalChain()
+			if sp.externalLocal {
+				a.externalLocal, target = true, a.externalLocalChain()
+				if m > 0 {
+					a.localVIP = true
+					fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local)
+				}
+			} else {
+				a.external = true
+			}
+			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, target, comment))
 		} else if hasEndpoints {
 			// Cluster endpoints serve the Cluster policy, and pod and host
 			// traffic under the Local policy.
@@ -94,11 +111,21 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 	fb.seenNodePorts[id] = true
 	key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
-	if hasEndpoints && sp.affinity > 0 && !sp.externalLocal {
-		a := fb.affinityFor(sp, cluster)
-		a.nodePort, a.externalNodePort = true, true
-		fb.affinityNodePortEPs = appendAffinitySlots(fb.affinityNodePortEPs, a, key)
-		fb.nodePorts = append(fb.nodePorts, vmapElement(key, a.externalNodePortChain(), comment))
+	if hasEndpoints && sp.affinity > 0 {
+		a := fb.affinityFor(sp, cluster, local)
+		a.nodePort = true
+		fb.affinityNodePortEPs = appendAffinitySlots(fb.affinityNodePortEPs, a, key, cluster)
+		target := a.externalNodePortChain()
+		if sp.externalLocal {
+			a.externalLocalNodePort, target = true, a.externalLocalNodePortChain()
+			if m > 0 {
+				a.localNodePort = true
+				fb.affinityNodePortLocalEPs = appendAffinitySlots(fb.affinityNodePortLocalEPs, a, key, local)
+			}
+		} else {
+			a.externalNodePort = true
+		}
+		fb.nodePorts = append(fb.nodePorts, vmapElement(key, target, comment))
 	} else if hasEndpoints {
 		fb.lbNodePort[n] = true
 		fb.nodePortEndpoints = appendSlots(fb.nodePortEndpoints, key, cluster)
