@@ -40,6 +40,9 @@ type Rules struct {
 	// UDP NodePort), the endpoints its traffic may go to: the proxier
 	// compares them between syncs to delete stale conntrack entries.
 	UDPEndpoints map[UDPDestination][]netip.AddrPort
+	// NoLocalEndpoints counts the service ports with a Local traffic policy
+	// ("internal", "external") that have endpoints, but none on this node.
+	NoLocalEndpoints map[string]int
 }
 
 // UDPDestination is a UDP service address and port, or a NodePort (Addr
@@ -76,10 +79,10 @@ func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]healthcheck.Check{},
-		UDPEndpoints: map[UDPDestination][]netip.AddrPort{}}
+		UDPEndpoints: map[UDPDestination][]netip.AddrPort{}, NoLocalEndpoints: map[string]int{}}
 	var built []*familyBuild
 	for _, f := range families() {
-		fb := b.buildFamily(f, services, st.Node, r.HealthChecks, r.UDPEndpoints)
+		fb := b.buildFamily(f, services, st.Node, r)
 		r.NodePortAddresses = append(r.NodePortAddresses, fb.nodePortAddrs...)
 		if fb.empty() {
 			continue
@@ -289,7 +292,7 @@ func unmappedBits(p netip.Prefix) int {
 	return 0
 }
 
-func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, health map[types.NamespacedName]healthcheck.Check, udp map[UDPDestination][]netip.AddrPort) *familyBuild {
+func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, r *Rules) *familyBuild {
 	fb := &familyBuild{
 		f:  f,
 		lb: map[int]bool{}, lbLocal: map[int]bool{}, lbNodePort: map[int]bool{}, lbNodePortLocal: map[int]bool{},
@@ -326,10 +329,18 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, h
 			fb.addFirewall(sp, nodeIPs(b.cfg, node), b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
 			if sp.proto == nft.ProtoUDP {
-				addUDPEndpoints(udp, sp, cluster, local)
+				addUDPEndpoints(r.UDPEndpoints, sp, cluster, local)
 			}
 			if sp.healthCheckNodePort != 0 {
-				b.countLocalReady(health, key, sp.healthCheckNodePort, eps)
+				b.countLocalReady(r.HealthChecks, key, sp.healthCheckNodePort, eps)
+			}
+			if hasAny && len(local) == 0 {
+				if sp.internalLocal {
+					r.NoLocalEndpoints["internal"]++
+				}
+				if sp.externalLocal {
+					r.NoLocalEndpoints["external"]++
+				}
 			}
 		}
 	}

@@ -54,16 +54,17 @@ func (p *Proxier) Healthy() bool { return p.Health(time.Now()).Healthy }
 func (p *Proxier) HealthHandler() http.Handler {
 	mux := http.NewServeMux()
 	serve := func(ok func(Health) bool) http.HandlerFunc {
-		return func(w http.ResponseWriter, _ *http.Request) {
+		return func(w http.ResponseWriter, req *http.Request) {
 			now := time.Now()
 			h := p.Health(now)
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("X-Content-Type-Options", "nosniff")
+			code := http.StatusServiceUnavailable
 			if ok(h) {
-				w.WriteHeader(http.StatusOK)
-			} else {
-				w.WriteHeader(http.StatusServiceUnavailable)
+				code = http.StatusOK
 			}
+			p.metrics.healthChecked(req.URL.Path, code)
+			w.WriteHeader(code)
 			last := ""
 			if !h.LastUpdated.IsZero() {
 				last = h.LastUpdated.String()

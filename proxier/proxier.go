@@ -46,6 +46,12 @@ type Proxier struct {
 	queue        workqueue.TypedRateLimitingInterface[string]
 	healthChecks ServiceHealthServer
 	conntrack    Conntrack
+	metrics      *Metrics
+	// triggers are the last-change-trigger-time annotations of the
+	// EndpointSlices recorded since the last sync (network programming
+	// latency); families the ip_family labels of the last sync.
+	triggers []time.Time
+	families []string
 
 	// Owned by the sync worker.
 	have     *nft.Table // what the kernel holds, as last committed; nil = unknown
@@ -97,14 +103,24 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 func (p *Proxier) record(counter *int, change func()) {
 	p.mu.Lock()
 	change()
+	now := time.Now()
 	if p.oldestQueued.IsZero() {
-		p.oldestQueued = time.Now()
+		p.oldestQueued = now
 	}
 	if counter != nil {
 		*counter++
+		p.metrics.changeRecorded(counter == &p.serviceChanges)
 	}
+	p.metrics.pending(p.serviceChanges, p.sliceChanges, now, p.familiesOrDefault())
 	p.mu.Unlock()
 	p.queue.Add(syncKey)
+}
+
+func (p *Proxier) familiesOrDefault() []string {
+	if len(p.families) == 0 {
+		return []string{"IPv4"}
+	}
+	return p.families
 }
 
 // SetService records a Service (added or updated).
@@ -123,6 +139,11 @@ func (p *Proxier) DeleteService(key types.NamespacedName) {
 func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
 	p.record(&p.sliceChanges, func() {
 		p.endpointSlices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+		// The EndpointSlice controller stamps when the change that led to
+		// this slice happened: network programming latency starts there.
+		if t, err := time.Parse(time.RFC3339Nano, s.Annotations[v1.EndpointsLastChangeTriggerTime]); err == nil {
+			p.triggers = append(p.triggers, t)
+		}
 	})
 }
 
@@ -233,6 +254,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	// runs starts a new wait.
 	queued := p.oldestQueued
 	p.oldestQueued = time.Time{}
+	triggers := p.triggers
+	p.triggers = nil
 	cfg := p.cfg
 	if p.localAddrs != nil {
 		cfg.LocalAddrs = p.localAddrs
@@ -266,12 +289,19 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if err := p.kernel.Apply(ctx, plan); err != nil {
 		p.have = nil
 		p.requeued(queued)
+		p.mu.Lock()
+		p.triggers = append(triggers, p.triggers...)
+		p.mu.Unlock()
+		p.metrics.syncFailed(familyLabels(rules))
 		return fmt.Errorf("sync rules: %w", err)
 	}
 	p.have = plan.Committed()
+	now := time.Now()
 	p.mu.Lock()
-	p.lastSynced = time.Now()
+	p.lastSynced = now
+	p.families = familyLabels(rules)
 	p.mu.Unlock()
+	p.metrics.synced(p.families, now.Sub(start), plan.Replace, triggers, now, rules.NoLocalEndpoints)
 	if p.healthChecks != nil {
 		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
 	}

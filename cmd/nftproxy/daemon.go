@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -30,6 +33,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	minSync := fs.Duration("min-sync-period", def.MinSyncPeriod, "minimum interval between syncs")
 	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
 	healthzAddr := fs.String("healthz-bind-address", "0.0.0.0:10256", "address of /healthz, /livez and /readyz (empty: none)")
+	metricsAddr := fs.String("metrics-bind-address", "127.0.0.1:10249", "address of /metrics, kube-proxy's metrics (empty: none)")
 	return func(ctx context.Context) error {
 		nodeName := *hostname
 		if nodeName == "" {
@@ -59,13 +63,22 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		var p *proxier.Proxier
 		health := healthcheck.NewServer(klog.FromContext(ctx), nil, func() bool { return p.Healthy() })
 		defer health.Close()
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		p, err = proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health),
-			proxier.WithConntrack(conntrack.New(-1)))
+			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)))
 		if err != nil {
 			return err
 		}
 		if *healthzAddr != "" {
-			if err := serveHealth(ctx, *healthzAddr, p.HealthHandler()); err != nil {
+			if err := serveHTTP(ctx, *healthzAddr, p.HealthHandler()); err != nil {
+				return err
+			}
+		}
+		if *metricsAddr != "" {
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			if err := serveHTTP(ctx, *metricsAddr, mux); err != nil {
 				return err
 			}
 		}
@@ -76,11 +89,11 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	}
 }
 
-// serveHealth serves the proxy's health endpoints until ctx ends.
-func serveHealth(ctx context.Context, addr string, h http.Handler) error {
+// serveHTTP serves h on addr until ctx ends.
+func serveHTTP(ctx context.Context, addr string, h http.Handler) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen for health checks on %s: %w", addr, err)
+		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -89,7 +102,7 @@ func serveHealth(ctx context.Context, addr string, h http.Handler) error {
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			klog.FromContext(ctx).Error(err, "Health server stopped")
+			klog.FromContext(ctx).Error(err, "HTTP server stopped", "address", addr)
 		}
 	}()
 	return nil

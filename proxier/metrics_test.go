@@ -1,0 +1,78 @@
+package proxier
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/nftproxy/nftproxy/nft"
+)
+
+func TestMetricsHaveKubeProxyNames(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	reg := prometheus.NewPedanticRegistry()
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, nil)
+	WithMetrics(NewMetrics(reg))(p)
+
+	p.SetService(makeService("default", "web", "10.96.0.10", withLoadBalancer(30080, v1.LoadBalancerIngress{IP: "203.0.113.10"}), withExternalLocal(31000)))
+	slice := makeSlice("default", "web", "web-1", 8080, ep("10.244.2.5", onNode("node-b")))
+	trigger := time.Now().Add(-2 * time.Second)
+	slice.Annotations = map[string]string{v1.EndpointsLastChangeTriggerTime: trigger.Format(time.RFC3339Nano)}
+	p.SetEndpointSlice(slice)
+	if got := testutil.ToFloat64(p.metrics.endpointChangesPending); got != 1 {
+		t.Errorf("endpoint changes pending: %v, want 1", got)
+	}
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	expected := `
+# HELP kubeproxy_sync_proxy_rules_endpoint_changes_total Cumulative proxy rules Endpoint changes
+# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_total counter
+kubeproxy_sync_proxy_rules_endpoint_changes_total 1
+# HELP kubeproxy_sync_proxy_rules_service_changes_total Cumulative proxy rules Service changes
+# TYPE kubeproxy_sync_proxy_rules_service_changes_total counter
+kubeproxy_sync_proxy_rules_service_changes_total 1
+# HELP kubeproxy_sync_proxy_rules_no_local_endpoints_total Number of services with a Local traffic policy and no endpoints
+# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge
+kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected),
+		"kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_service_changes_total",
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total"); err != nil {
+		t.Error(err)
+	}
+	families := gather(t, reg)
+	for _, name := range []string{"kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_sync_full_proxy_rules_duration_seconds",
+		"kubeproxy_sync_proxy_rules_last_timestamp_seconds", "kubeproxy_network_programming_duration_seconds"} {
+		if len(families[name].GetMetric()) != 1 {
+			t.Errorf("%s: %d series, want one (ip_family IPv4)", name, len(families[name].GetMetric()))
+		}
+	}
+	// The programming latency is measured from the slice's trigger time.
+	if h := families["kubeproxy_network_programming_duration_seconds"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() < 1.9 || h.GetSampleSum() > 10 {
+		t.Errorf("network programming latency: %d samples, %vs; want one of about 2s", h.GetSampleCount(), h.GetSampleSum())
+	}
+	if got := testutil.ToFloat64(p.metrics.endpointChangesPending); got != 0 {
+		t.Errorf("endpoint changes pending after the sync: %v", got)
+	}
+}
+
+func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
