@@ -64,7 +64,7 @@ func (s *scenario) compareWithDump(n harness.NodeSpec, scratch *testnet.NS) erro
 	if err != nil {
 		return err
 	}
-	if diff := cmp.Diff(normalizeListing(want), normalizeListing(got)); diff != "" {
+	if diff := cmp.Diff(testnet.NormalizeListing(want), testnet.NormalizeListing(got)); diff != "" {
 		return fmt.Errorf("%s's table differs from nftproxy dump (-dump +kernel):\n%s", n.Name, diff)
 	}
 	return nil

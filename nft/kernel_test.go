@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -21,53 +20,7 @@ import (
 // set elements sorted (the kernel lists them in hash order), counters zeroed.
 func listTable(t *testing.T, ns *testnet.NS, name string) string {
 	t.Helper()
-	return normalizeListing(ns.Run(t, "nft", "list", "table", "inet", name))
-}
-
-var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
-
-// normalizeListing makes two listings of the same table comparable: set
-// elements sorted (the kernel lists them in hash order), sets and chains
-// sorted by name (a replaced table keeps the base chains it had first),
-// counters zeroed, whitespace trimmed.
-func normalizeListing(s string) string {
-	s = counterRE.ReplaceAllString(s, "counter")
-	// The table's closing brace is not part of its last block.
-	s = strings.TrimSuffix(strings.TrimSpace(s), "}")
-	var blocks [][]string
-	var head []string
-	lines := strings.Split(s, "\n")
-	for i := 0; i < len(lines); i++ {
-		line := strings.TrimSpace(lines[i])
-		switch {
-		case line == "":
-			continue
-		case strings.HasPrefix(line, "elements = {"):
-			for !strings.HasSuffix(line, "}") {
-				i++
-				line += " " + strings.TrimSpace(lines[i])
-			}
-			items := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "elements = {"), "}"), ",")
-			for j := range items {
-				items[j] = strings.TrimSpace(items[j])
-			}
-			slices.Sort(items)
-			line = "elements = { " + strings.Join(items, ", ") + " }"
-		case strings.HasPrefix(line, "chain "), strings.HasPrefix(line, "set "), strings.HasPrefix(line, "map "):
-			blocks = append(blocks, nil)
-		}
-		if len(blocks) == 0 {
-			head = append(head, line)
-		} else {
-			blocks[len(blocks)-1] = append(blocks[len(blocks)-1], line)
-		}
-	}
-	slices.SortFunc(blocks, func(a, b []string) int { return strings.Compare(a[0], b[0]) })
-	out := head
-	for _, b := range blocks {
-		out = append(out, b...)
-	}
-	return strings.Join(out, "\n")
+	return testnet.NormalizeListing(ns.Run(t, "nft", "list", "table", "inet", name))
 }
 
 // loadWithNft programs a table from its rendered text with the nft binary.
@@ -157,7 +110,7 @@ func TestRenderIsAcceptedByNftCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns.Run(t, "nft", "-f", f)
-	if diff := cmp.Diff(normalizeListing(Render(sampleTable(25))), listTable(t, ns, "nftproxy-test")); diff != "" {
+	if diff := cmp.Diff(testnet.NormalizeListing(Render(sampleTable(25))), listTable(t, ns, "nftproxy-test")); diff != "" {
 		// Render and nft's listing differ only in formatting nft normalises;
 		// compare through nft itself.
 		other := testnet.NewNS(t, "chk2")

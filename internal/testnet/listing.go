@@ -1,6 +1,4 @@
-//go:build e2e
-
-package e2e
+package testnet
 
 import (
 	"regexp"
@@ -11,11 +9,11 @@ import (
 // counterRE matches a counter's values.
 var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
 
-// normalizeListing makes two listings of the same table comparable: set
+// NormalizeListing makes two listings of the same table comparable: set
 // elements sorted (the kernel lists them in hash order), sets and chains
 // sorted by name (a replaced table keeps the base chains it had first),
-// counters zeroed, whitespace trimmed. It is nft/kernel_test.go's.
-func normalizeListing(s string) string {
+// counters zeroed, whitespace trimmed.
+func NormalizeListing(s string) string {
 	s = counterRE.ReplaceAllString(s, "counter")
 	// The table's closing brace is not part of its last block.
 	s = strings.TrimSuffix(strings.TrimSpace(s), "}")
