@@ -96,6 +96,30 @@ func (fb *familyBuild) affinityFor(sp *servicePort, cluster, local []endpoint) *
 	return a
 }
 
+// externalTarget marks the chains that external traffic of one kind (to
+// service IPs, or to the NodePort) needs, and returns the chain it is
+// dispatched to: the masquerading chain with the Cluster policy, the Local
+// policy's chain otherwise (which also needs the sticky chain over local
+// endpoints when there are some). The cluster sticky chain is always needed:
+// it serves the Cluster policy and the Local policy's short-circuit.
+func (a *affinityPort) externalTarget(nodePort, policyLocal, hasLocal bool) string {
+	switch {
+	case nodePort && policyLocal:
+		a.nodePort, a.externalLocalNodePort = true, true
+		a.localNodePort = a.localNodePort || hasLocal
+		return a.externalLocalNodePortChain()
+	case nodePort:
+		a.nodePort, a.externalNodePort = true, true
+		return a.externalNodePortChain()
+	case policyLocal:
+		a.vip, a.externalLocal = true, true
+		a.localVIP = a.localVIP || hasLocal
+		return a.externalLocalChain()
+	}
+	a.vip, a.external = true, true
+	return a.externalChain()
+}
+
 // appendAffinitySlots adds one verdict element per endpoint: key . slot →
 // goto the endpoint's chain.
 func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, eps []endpoint) []nft.Element {

@@ -57,50 +57,10 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 
 	for _, ip := range sp.external {
-		key, ok := fb.claimVIP(logger, sp, ip)
-		if !ok {
-			continue
-		}
-		if hasEndpoints && sp.affinity > 0 {
-			// Cluster slots serve the Cluster policy, and the short-circuit
-			// of pod and host traffic under the Local policy.
-			a := fb.affinityFor(sp, cluster, local)
-			a.vip = true
-			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster)
-			target := a.externalChain()
-			if sp.externalLocal {
-				a.externalLocal, target = true, a.externalLocalChain()
-				if m > 0 {
-					a.localVIP = true
-					fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local)
-				}
-			} else {
-				a.external = true
-			}
-			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, target, comment))
-		} else if hasEndpoints {
-			// Cluster endpoints serve the Cluster policy, and pod and host
-			// traffic under the Local policy.
-			fb.lb[n] = true
-			fb.serviceEndpoints = appendSlots(fb.serviceEndpoints, key, cluster)
-			target := fb.f.externalChain(false, n)
-			if sp.externalLocal {
-				target = fb.f.externalLocalChain(false, n, m)
-				fb.externalLocal[[2]int{n, m}] = true
-				if m > 0 {
-					fb.lbLocal[m] = true
-					fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local)
-				}
-			} else {
-				fb.external[n] = true
-			}
-			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, target, comment))
-		}
-		if !hasExternal {
-			fb.noEndpointServices = append(fb.noEndpointServices, nft.Element{Key: key, Verdict: &noEndpoints, Comment: comment})
+		if key, ok := fb.claimVIP(logger, sp, ip); ok {
+			fb.addExternal(sp, key, false, cluster, local, hasEndpoints, hasExternal, noEndpoints)
 		}
 	}
-
 	if sp.nodePort == 0 {
 		return
 	}
@@ -111,39 +71,71 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 	fb.seenNodePorts[id] = true
 	key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
-	if hasEndpoints && sp.affinity > 0 {
+	fb.addExternal(sp, key, true, cluster, local, hasEndpoints, hasExternal, noEndpoints)
+}
+
+// externalSets are the sets, counts and chains that traffic to one kind of
+// external destination uses: an external or load balancer IP, or a
+// NodePort. The two are handled alike, keyed differently.
+type externalSets struct {
+	dispatch, noEndpoints             *[]nft.Element
+	slots, localSlots                 *[]nft.Element
+	affinitySlots, affinityLocalSlots *[]nft.Element
+	lb, lbLocal, external             map[int]bool
+	externalLocal                     map[[2]int]bool
+}
+
+func (fb *familyBuild) externalSets(nodePort bool) externalSets {
+	if nodePort {
+		return externalSets{
+			dispatch: &fb.nodePorts, noEndpoints: &fb.noEndpointNodePorts,
+			slots: &fb.nodePortEndpoints, localSlots: &fb.nodePortLocalEPs,
+			affinitySlots: &fb.affinityNodePortEPs, affinityLocalSlots: &fb.affinityNodePortLocalEPs,
+			lb: fb.lbNodePort, lbLocal: fb.lbNodePortLocal, external: fb.externalNodePort, externalLocal: fb.externalNodePortLocal,
+		}
+	}
+	return externalSets{
+		dispatch: &fb.serviceIPs, noEndpoints: &fb.noEndpointServices,
+		slots: &fb.serviceEndpoints, localSlots: &fb.serviceLocalEPs,
+		affinitySlots: &fb.affinityEPs, affinityLocalSlots: &fb.affinityLocalEPs,
+		lb: fb.lb, lbLocal: fb.lbLocal, external: fb.external, externalLocal: fb.externalLocal,
+	}
+}
+
+// addExternal adds one external destination of a service port (key: an
+// address . protocol . port, or protocol . NodePort). Cluster endpoints
+// serve the Cluster policy, and pod and host traffic under the Local policy
+// (the short-circuit); local endpoints serve the rest under the Local
+// policy.
+func (fb *familyBuild) addExternal(sp *servicePort, key []nft.Datum, nodePort bool, cluster, local []endpoint, hasEndpoints, hasExternal bool, noEndpoints nft.Verdict) {
+	s := fb.externalSets(nodePort)
+	n, m := len(cluster), len(local)
+	switch {
+	case hasEndpoints && sp.affinity > 0:
 		a := fb.affinityFor(sp, cluster, local)
-		a.nodePort = true
-		fb.affinityNodePortEPs = appendAffinitySlots(fb.affinityNodePortEPs, a, key, cluster)
-		target := a.externalNodePortChain()
+		*s.affinitySlots = appendAffinitySlots(*s.affinitySlots, a, key, cluster)
+		if sp.externalLocal && m > 0 {
+			*s.affinityLocalSlots = appendAffinitySlots(*s.affinityLocalSlots, a, key, local)
+		}
+		*s.dispatch = append(*s.dispatch, vmapElement(key, a.externalTarget(nodePort, sp.externalLocal, m > 0), sp.String()))
+	case hasEndpoints:
+		s.lb[n] = true
+		*s.slots = appendSlots(*s.slots, key, cluster)
+		target := fb.f.externalChain(nodePort, n)
 		if sp.externalLocal {
-			a.externalLocalNodePort, target = true, a.externalLocalNodePortChain()
+			target = fb.f.externalLocalChain(nodePort, n, m)
+			s.externalLocal[[2]int{n, m}] = true
 			if m > 0 {
-				a.localNodePort = true
-				fb.affinityNodePortLocalEPs = appendAffinitySlots(fb.affinityNodePortLocalEPs, a, key, local)
+				s.lbLocal[m] = true
+				*s.localSlots = appendSlots(*s.localSlots, key, local)
 			}
 		} else {
-			a.externalNodePort = true
+			s.external[n] = true
 		}
-		fb.nodePorts = append(fb.nodePorts, vmapElement(key, target, comment))
-	} else if hasEndpoints {
-		fb.lbNodePort[n] = true
-		fb.nodePortEndpoints = appendSlots(fb.nodePortEndpoints, key, cluster)
-		target := fb.f.externalChain(true, n)
-		if sp.externalLocal {
-			target = fb.f.externalLocalChain(true, n, m)
-			fb.externalNodePortLocal[[2]int{n, m}] = true
-			if m > 0 {
-				fb.lbNodePortLocal[m] = true
-				fb.nodePortLocalEPs = appendSlots(fb.nodePortLocalEPs, key, local)
-			}
-		} else {
-			fb.externalNodePort[n] = true
-		}
-		fb.nodePorts = append(fb.nodePorts, vmapElement(key, target, comment))
+		*s.dispatch = append(*s.dispatch, vmapElement(key, target, sp.String()))
 	}
 	if !hasExternal {
-		fb.noEndpointNodePorts = append(fb.noEndpointNodePorts, nft.Element{Key: key, Verdict: &noEndpoints, Comment: comment})
+		*s.noEndpoints = append(*s.noEndpoints, nft.Element{Key: key, Verdict: &noEndpoints, Comment: sp.String()})
 	}
 }
 
