@@ -79,6 +79,17 @@ func (p *Process) Start(ctx context.Context) error {
 	return nil
 }
 
+// Pid returns the process's id, or 0 if it is not running. The process is
+// the program itself: "ip netns exec" execs it without forking.
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // Running reports whether the process was started and has not exited.
 func (p *Process) Running() bool {
 	p.mu.Lock()
