@@ -23,7 +23,7 @@ import (
 // use its chains.
 type affinityPort struct {
 	sp      *servicePort
-	id      string // HASH8-ns/svc/proto/port
+	id      string // v4|v6-HASH8-ns/svc/proto/port
 	eps     []endpoint
 	local   []endpoint // for the Local traffic policies
 	timeout time.Duration
@@ -91,7 +91,9 @@ func (fb *familyBuild) affinityFor(sp *servicePort, cluster, local []endpoint) *
 			return a
 		}
 	}
-	a := &affinityPort{sp: sp, id: servicePortID(sp), eps: cluster, local: local, timeout: sp.affinity}
+	// Names carry the family: a dual-stack service has chains and sets in
+	// both.
+	a := &affinityPort{sp: sp, id: fb.f.suffix + "-" + servicePortID(sp), eps: cluster, local: local, timeout: sp.affinity}
 	fb.affinity = append(fb.affinity, a)
 	return a
 }

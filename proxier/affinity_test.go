@@ -33,6 +33,7 @@ func TestBuildSessionAffinity(t *testing.T) {
 	if !strings.HasSuffix(id, "-default/web/tcp/http") || len(id) != len("xxxxxxxx-default/web/tcp/http") {
 		t.Fatalf("service port id %q", id)
 	}
+	id = "v4-" + id
 	want := map[string][]string{
 		"service-" + id: {
 			"ip saddr @affinity-" + id + "__10.244.1.5/8080 goto endpoint-" + id + "__10.244.1.5/8080",
@@ -157,7 +158,7 @@ func TestBuildSessionAffinityWithLocalPolicies(t *testing.T) {
 	if err := tbl.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	id := servicePortID(&servicePort{service: types.NamespacedName{Namespace: "default", Name: "web"}, proto: nft.ProtoTCP, portName: "http"})
+	id := "v4-" + servicePortID(&servicePort{service: types.NamespacedName{Namespace: "default", Name: "web"}, proto: nft.ProtoTCP, portName: "http"})
 	local := "__10.244.1.5/8080"
 	want := map[string][]string{
 		"service-local-" + id: {

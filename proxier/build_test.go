@@ -437,3 +437,15 @@ func TestBuildDualStack(t *testing.T) {
 		t.Errorf("services chain: %q", got)
 	}
 }
+
+func TestBuildDualStackAffinityNamesDoNotCollide(t *testing.T) {
+	svc := makeService("default", "dual", "10.96.0.100", withAffinity(60))
+	svc.Spec.ClusterIPs = []string{"10.96.0.100", "fd00:10:96::100"}
+	v6 := makeSlice("default", "dual", "dual-v6", 8080, ep("fd00:10:244:1::5"))
+	v6.AddressType = discoveryv1.AddressTypeIPv6
+	tbl := Build(ktesting.NewLogger(t, ktesting.NewConfig()), testConfig(), State{Services: []*v1.Service{svc},
+		EndpointSlices: []*discoveryv1.EndpointSlice{makeSlice("default", "dual", "dual-v4", 8080, ep("10.244.1.5")), v6}})
+	if err := tbl.Validate(); err != nil {
+		t.Fatalf("dual-stack affinity: %v", err)
+	}
+}

@@ -139,7 +139,14 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 	}
 	ranges := sourceRanges(logger, svc, ipv6)
 	var out []*servicePort
+	names := map[string]bool{}
 	for _, p := range svc.Spec.Ports {
+		// The API refuses two ports of one name; rules name ports by it.
+		if names[p.Name] {
+			logger.Info("Skipping service port with a duplicate name", "service", klog.KObj(svc), "port", p.Name)
+			continue
+		}
+		names[p.Name] = true
 		proto, ok := protocolNumber(p.Protocol)
 		if !ok || p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
 			logger.Info("Skipping invalid service port", "service", klog.KObj(svc), "port", p.Name, "protocol", p.Protocol, "number", p.Port, "nodePort", p.NodePort)
