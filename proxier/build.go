@@ -322,7 +322,7 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, r
 			continue
 		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		for _, sp := range servicePorts(b.logger, svc, f.ipv6) {
+		for _, sp := range servicePorts(b.logger, b.cfg, svc, f.ipv6) {
 			eps := endpointsFor(b.logger, sp, b.slices[key], f.ipv6)
 			cluster, local, hasAny := categorizeEndpoints(eps, sp, b.cfg.NodeName, b.zone)
 			fb.addServicePort(b.logger, sp, cluster, local, hasAny)

@@ -114,6 +114,15 @@ func TestBuildElements(t *testing.T) {
 			epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.7 . 8080", "10.244.2.6 . 8080"),
 			epElems("198.51.100.7", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.7 . 8080", "10.244.2.6 . 8080")),
 	}, {
+		name:  "external IPs outside --allowed-external-ip-cidrs are not programmed",
+		cfg:   func(c *Config) { c.AllowedExternalIPCIDRs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")} },
+		state: State{Services: []*v1.Service{makeService("default", "web", "10.96.0.10", withExternalIPs("198.51.100.7", "8.8.8.8"))}, EndpointSlices: []*discoveryv1.EndpointSlice{webSlice}},
+		set:   "service-ips-v4",
+		want: []string{
+			`10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-3`,
+			`198.51.100.7 . tcp . 80 comment "default/web:http" : goto external-v4-3`,
+		},
+	}, {
 		name: "ExternalName and headless services and services of another proxy are skipped",
 		state: State{Services: []*v1.Service{
 			{ObjectMeta: metaWithService("default", "ext", ""), Spec: v1.ServiceSpec{Type: v1.ServiceTypeExternalName, ExternalName: "example.com"}},

@@ -44,6 +44,10 @@ type Config struct {
 	// (--nodeport-addresses): CIDRs and/or "primary" (the node's
 	// InternalIPs). Empty means primary, as in kube-proxy's nftables mode.
 	NodePortAddresses []string
+	// AllowedExternalIPCIDRs, when set, restricts spec.externalIPs to these
+	// ranges; others are not programmed (CVE-2020-8554: a user able to create
+	// Services could otherwise intercept traffic to any address).
+	AllowedExternalIPCIDRs []netip.Prefix
 	// LBSourceRangesForNodePorts applies a LoadBalancer service's
 	// loadBalancerSourceRanges to its NodePort too, which kube-proxy cannot.
 	LBSourceRangesForNodePorts bool

@@ -104,7 +104,7 @@ func shouldProxy(svc *v1.Service, proxyName string) (bool, string) {
 
 // servicePorts returns the ports of svc for one family (ipv6 or not),
 // skipping what cannot be programmed with a log line.
-func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort {
+func servicePorts(logger klog.Logger, cfg Config, svc *v1.Service, ipv6 bool) []*servicePort {
 	clusterIP, ok := familyClusterIP(svc, ipv6)
 	if !ok {
 		return nil
@@ -125,6 +125,10 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		}
 	}
 	for _, ip := range svc.Spec.ExternalIPs {
+		if a, err := netip.ParseAddr(ip); err == nil && !externalIPAllowed(cfg, a.Unmap()) {
+			logger.Info("Not programming an external IP outside --allowed-external-ip-cidrs", "service", klog.KObj(svc), "address", ip)
+			continue
+		}
 		addExternal(ip, "externalIP")
 	}
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
@@ -181,6 +185,18 @@ func servicePorts(logger klog.Logger, svc *v1.Service, ipv6 bool) []*servicePort
 		out = append(out, sp)
 	}
 	return out
+}
+
+func externalIPAllowed(cfg Config, a netip.Addr) bool {
+	if len(cfg.AllowedExternalIPCIDRs) == 0 {
+		return true
+	}
+	for _, p := range cfg.AllowedExternalIPCIDRs {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // sourceRanges returns the family's loadBalancerSourceRanges (or those of

@@ -29,6 +29,7 @@ func (l *listFlag) Set(v string) error {
 type ruleFlags struct {
 	clusterCIDRs      listFlag
 	serviceCIDRs      listFlag
+	allowedExternal   listFlag
 	nodePortAddresses listFlag
 	nodeIPs           listFlag
 	masqueradeAll     bool
@@ -45,6 +46,7 @@ func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
 	def := proxier.DefaultConfig()
 	fs.Var(&rf.clusterCIDRs, "cluster-cidr", "pod network CIDRs, comma-separated; traffic from outside them to ClusterIPs is masqueraded")
 	fs.Var(&rf.serviceCIDRs, "service-cluster-ip-range", "ClusterIP ranges, comma-separated, besides the API's ServiceCIDR objects: traffic to unallocated addresses in them is dropped")
+	fs.Var(&rf.allowedExternal, "allowed-external-ip-cidrs", "program spec.externalIPs only inside these CIDRs, comma-separated (default: all; closes CVE-2020-8554)")
 	fs.Var(&rf.nodePortAddresses, "nodeport-addresses", `addresses NodePorts listen on: CIDRs and/or "primary" (the node's InternalIPs, the default)`)
 	fs.Var(&rf.nodeIPs, "node-ip", "this node's primary IPs, comma-separated (default: the Node's InternalIPs)")
 	fs.BoolVar(&rf.masqueradeAll, "masquerade-all", false, "masquerade all traffic to ClusterIPs")
@@ -79,6 +81,13 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 			return cfg, fmt.Errorf("--service-cluster-ip-range %q: %w", s, err)
 		}
 		cfg.ServiceCIDRs = append(cfg.ServiceCIDRs, p)
+	}
+	for _, s := range rf.allowedExternal {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return cfg, fmt.Errorf("--allowed-external-ip-cidrs %q: %w", s, err)
+		}
+		cfg.AllowedExternalIPCIDRs = append(cfg.AllowedExternalIPCIDRs, p.Masked())
 	}
 	for _, s := range rf.nodeIPs {
 		a, err := netip.ParseAddr(s)
