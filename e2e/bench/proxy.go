@@ -156,7 +156,9 @@ func poll(ctx context.Context, p *harness.Process, interval, timeout time.Durati
 	})
 }
 
-// nftproxy reads its "Synced rules" log lines (-v=2).
+// nftproxy reads its "Synced rules" log lines (-v=2): its metrics'
+// last-sync timestamp has whole seconds only. Its network programming
+// latency comes from its metrics (127.0.0.1:10249, the default) when served.
 type nftproxy struct{ services int }
 
 func (nftproxy) name() string { return "nftproxy" }
@@ -193,14 +195,37 @@ func (n nftproxy) cold(ctx context.Context, p *harness.Process, _ harness.NS) (e
 	return end, first, err
 }
 
-func (n nftproxy) mark(_ context.Context, p *harness.Process, _ harness.NS) (any, error) {
-	lines, err := n.syncs(p)
-	return len(lines), err
+// nftproxyMark is the number of sync lines logged so far and the metrics
+// (nil if nftproxy serves none: commits before --metrics-bind-address).
+type nftproxyMark struct {
+	lines   int
+	metrics map[string]float64
 }
 
-func (n nftproxy) synced(ctx context.Context, p *harness.Process, _ harness.NS, mark any) (end time.Time, u update, err error) {
-	seen := mark.(int)
+func (n nftproxy) mark(ctx context.Context, p *harness.Process, ns harness.NS) (any, error) {
+	lines, err := n.syncs(p)
+	m, _ := scrape(ctx, ns, kubeProxyMetrics)
+	return nftproxyMark{len(lines), m}, err
+}
+
+func (n nftproxy) synced(ctx context.Context, p *harness.Process, ns harness.NS, mark any) (end time.Time, u update, err error) {
+	before := mark.(nftproxyMark)
+	seen := before.lines
 	u.ProgrammingLatency = -1
+	defer func() {
+		if err != nil || before.metrics == nil {
+			return
+		}
+		// Observed in the same sync, before the log line.
+		m, serr := scrape(ctx, ns, kubeProxyMetrics)
+		if serr != nil {
+			return
+		}
+		count, sum := fmt.Sprintf(kpNetProgr, "count"), fmt.Sprintf(kpNetProgr, "sum")
+		if n := m[count] - before.metrics[count]; n > 0 {
+			u.ProgrammingLatency = (m[sum] - before.metrics[sum]) / n
+		}
+	}()
 	err = poll(ctx, p, 5*time.Millisecond, time.Minute, func(context.Context) (bool, error) {
 		lines, err := n.syncs(p)
 		if err != nil || len(lines) <= seen {

@@ -19,18 +19,25 @@ var rows = []row{
 	{"first full sync (proxy-reported)", 1, "s", func(r result) float64 { return r.FirstSync }},
 	{"1-endpoint slice update: sync time, median", 1000, "ms", func(r result) float64 { return median(r.Updates, func(u update) float64 { return u.Sync }) }},
 	{"1-endpoint slice update: write → applied, median", 1000, "ms", func(r result) float64 { return median(r.Updates, func(u update) float64 { return u.Applied }) }},
+	{"1-endpoint slice update: network programming latency (proxy's histogram), median", 1000, "ms", func(r result) float64 {
+		return median(r.Updates, func(u update) float64 { return u.ProgrammingLatency })
+	}},
 	{"VmRSS after the cold sync", 1, "MiB", func(r result) float64 { return r.AtCold.RSS }},
 	{"VmHWM (peak RSS) after the cold sync", 1, "MiB", func(r result) float64 { return r.AtCold.HWM }},
 	{"CPU for the cold start (process + children)", 1, "s", func(r result) float64 { return r.AtCold.CPU }},
 }
 
+// median returns the median of f over us, ignoring negative (unknown)
+// values; -1 if none is known.
 func median(us []update, f func(update) float64) float64 {
-	if len(us) == 0 {
-		return -1
+	var v []float64
+	for _, u := range us {
+		if x := f(u); x >= 0 {
+			v = append(v, x)
+		}
 	}
-	v := make([]float64, len(us))
-	for i, u := range us {
-		v[i] = f(u)
+	if len(v) == 0 {
+		return -1
 	}
 	slices.Sort(v)
 	if len(v)%2 == 1 {
