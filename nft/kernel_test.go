@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -236,5 +237,37 @@ func TestAckOverflowIsOutcomeUnknown(t *testing.T) {
 	// why it resyncs fully.
 	if !strings.Contains(ns.Run(t, "nft", "list", "chain", "inet", tbl.Name, "chain-399"), "accept") {
 		t.Fatal("expected the transaction to have been committed despite the lost acks")
+	}
+}
+
+func TestWatchForeignChanges(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "mon")
+	k := NewKernel(WithNetNS(ns.Fd()))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changes := make(chan Change, 16)
+	if err := k.WatchForeignChanges(ctx, "nftproxy-test", func(c Change) { changes <- c }); err != nil {
+		t.Fatal(err)
+	}
+	// Our own transactions are not reported.
+	if err := k.Apply(ctx, FullPlan(sampleTable(3))); err != nil {
+		t.Fatal(err)
+	}
+	// Someone else's on another table neither.
+	ns.Run(t, "nft", "add table inet someone-else")
+	select {
+	case c := <-changes:
+		t.Fatalf("reported a change that is not foreign to our table: %v", c)
+	case <-time.After(300 * time.Millisecond):
+	}
+	ns.Run(t, "nft", "flush chain inet nftproxy-test services")
+	select {
+	case c := <-changes:
+		if !strings.Contains(c.Process, "nft") || !slices.Contains(c.What, "delete rule") {
+			t.Errorf("change %v, want nft deleting rules", c)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a foreign flush of our chain was not reported")
 	}
 }

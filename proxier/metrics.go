@@ -20,6 +20,7 @@ type Metrics struct {
 	noLocalEndpoints                                    *prometheus.GaugeVec
 	syncFailures                                        *prometheus.CounterVec
 	healthz, livez                                      *prometheus.CounterVec
+	repairs                                             prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -61,10 +62,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Cumulative proxy healthz HTTP status"}, []string{"code"}),
 		livez: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: "kubeproxy", Name: "proxy_livez_total",
 			Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "nftproxy_kernel_repairs_total",
+			Help: "Times the kernel's table differed from what nftproxy committed (changed by someone else) and was replaced"}),
 	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
 		m.programmingLatency, m.endpointChangesPending, m.endpointChanges, m.serviceChangesPending, m.serviceChanges,
-		m.noLocalEndpoints, m.syncFailures, m.healthz, m.livez)
+		m.noLocalEndpoints, m.syncFailures, m.healthz, m.livez, m.repairs)
 	return m
 }
 
@@ -129,6 +132,12 @@ func (m *Metrics) synced(families []string, elapsed time.Duration, full bool, tr
 	}
 	m.serviceChangesPending.Set(0)
 	m.endpointChangesPending.Set(0)
+}
+
+func (m *Metrics) repaired() {
+	if m != nil {
+		m.repairs.Inc()
+	}
 }
 
 func (m *Metrics) syncFailed(families []string) {

@@ -169,6 +169,18 @@ func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
 	p.record(nil, func() { p.localAddrs = slices.Clone(addrs) })
 }
 
+// ForeignChange records that another process changed nftproxy's table
+// (see nft.Kernel.WatchForeignChanges): the next sync, at most
+// MinSyncPeriod away, checks the kernel and replaces the table if anything
+// is missing.
+func (p *Proxier) ForeignChange(logger klog.Logger, c nft.Change) {
+	logger.Info("Another process changed the nftproxy table; checking it", "process", c.Process, "changes", c.What)
+	p.mu.Lock()
+	p.fullPending = true
+	p.mu.Unlock()
+	p.queue.Add(syncKey)
+}
+
 // SetNode records this node (nil when it was deleted).
 func (p *Proxier) SetNode(node *v1.Node) {
 	p.record(nil, func() { p.node = node })
@@ -283,6 +295,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		if err != nil || !ok {
 			logger.Info("Kernel table differs from what was committed; replacing it", "err", err)
 			p.have = nil
+			p.metrics.repaired()
 		}
 	}
 	plan := nft.Diff(p.have, want)

@@ -65,7 +65,8 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		defer health.Close()
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		p, err = proxier.New(cfg, nft.NewKernel(), proxier.WithServiceHealthServer(health),
+		kernel := nft.NewKernel()
+		p, err = proxier.New(cfg, kernel, proxier.WithServiceHealthServer(health),
 			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)))
 		if err != nil {
 			return err
@@ -83,6 +84,13 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 			}
 		}
 		if err := watchLocalAddrs(ctx, p.SetLocalAddrs); err != nil {
+			return err
+		}
+		// Someone flushing or deleting the table (firewalld reloading, an
+		// operator's `nft flush ruleset`) is repaired at once, not at the
+		// next periodic resync.
+		logger := klog.FromContext(ctx)
+		if err := kernel.WatchForeignChanges(ctx, proxier.TableName, func(c nft.Change) { p.ForeignChange(logger, c) }); err != nil {
 			return err
 		}
 		return p.Watch(ctx, client)
