@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/google/nftables"
 )
@@ -34,7 +35,7 @@ func (k *Kernel) WatchForeignChanges(ctx context.Context, table string, onChange
 	if err != nil {
 		return fmt.Errorf("watch nftables: %w", err)
 	}
-	self := uint32(os.Getpid())
+	self := ownProcess()
 	go func() {
 		<-ctx.Done()
 		_ = mon.Close()
@@ -42,7 +43,7 @@ func (k *Kernel) WatchForeignChanges(ctx context.Context, table string, onChange
 	go func() {
 		for ev := range events {
 			gen, ok := ev.GeneratedBy.Data.(*nftables.GenMsg)
-			if ok && gen.ProcPID == self {
+			if ok && self(gen) {
 				continue
 			}
 			var what []string
@@ -63,6 +64,22 @@ func (k *Kernel) WatchForeignChanges(ctx context.Context, table string, onChange
 		}
 	}()
 	return nil
+}
+
+// ownProcess returns a test of whether a transaction was committed by this
+// process. The kernel reports the committing thread's id, not the
+// process's, and in the initial PID namespace; so a transaction is ours when
+// the id is one of our threads or, when we run in a PID namespace of our
+// own (a container), when it carries our command name.
+func ownProcess() func(*nftables.GenMsg) bool {
+	comm, _ := os.ReadFile("/proc/self/comm")
+	name := strings.TrimSpace(string(comm))
+	return func(g *nftables.GenMsg) bool {
+		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", g.ProcPID)); err == nil {
+			return true
+		}
+		return name != "" && g.ProcComm == name
+	}
 }
 
 func (k *Kernel) monitorConn() (*nftables.Conn, error) {
