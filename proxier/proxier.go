@@ -319,10 +319,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
 	}
 	p.clearStaleUDP(logger, rules.UDPEndpoints)
-	if len(p.have.Chains) != len(want.Chains) {
-		// Stale chains were flushed; delete them in a sync of their own.
-		p.queue.AddAfter(syncKey, time.Second)
-	}
+	// Stale chains were flushed, not deleted; the next sync, whatever
+	// starts it (at the latest the periodic one), deletes them. A sync of
+	// their own would hold back the next change by MinSyncPeriod.
 	stats, counts := plan.Stats(), want.Count()
 	logger.V(2).Info("Synced rules", "elapsed", time.Since(start), "replace", plan.Replace,
 		"serviceChanges", svcChanges, "endpointSliceChanges", sliceChanges,

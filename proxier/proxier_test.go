@@ -139,7 +139,7 @@ func TestPeriodicResyncRepairsDrift(t *testing.T) {
 	<-done
 }
 
-func TestStaleChainsAreDeletedBySyncAfter(t *testing.T) {
+func TestStaleChainsAreDeletedByTheNextSync(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -156,6 +156,8 @@ func TestStaleChainsAreDeletedBySyncAfter(t *testing.T) {
 		c := fake.Table.Chain("lb-v4-2")
 		return c != nil && len(c.Rules) == 0
 	})
+	// The next sync, for any reason, deletes it.
+	p.SetService(makeService("default", "other", "10.96.0.11"))
 	eventually(t, "lb-v4-2 to be deleted", func() bool { return fake.Table.Chain("lb-v4-2") == nil })
 	cancel()
 	<-done
