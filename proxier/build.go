@@ -40,10 +40,22 @@ type Rules struct {
 	// UDP NodePort), the endpoints its traffic may go to: the proxier
 	// compares them between syncs to delete stale conntrack entries.
 	UDPEndpoints map[UDPDestination][]netip.AddrPort
+	// Problems are what could not be programmed, per Service, for Events.
+	Problems []Problem
 	// NoLocalEndpoints counts the service ports with a Local traffic policy
 	// ("internal", "external") that have endpoints, but none on this node.
 	NoLocalEndpoints map[string]int
 }
+
+// Problem is something of a Service that could not be programmed.
+type Problem struct {
+	Service types.NamespacedName
+	Reason  string // an Event reason
+	Message string
+}
+
+// reporter logs and records a problem of the service being built.
+type reporter func(reason, message string)
 
 // UDPDestination is a UDP service address and port, or a NodePort (Addr
 // unset).
@@ -322,10 +334,11 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, r
 			continue
 		}
 		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		for _, sp := range servicePorts(b.logger, b.cfg, svc, f.ipv6) {
+		report := b.reporter(r, svc)
+		for _, sp := range servicePorts(report, b.cfg, svc, f.ipv6) {
 			eps := endpointsFor(b.logger, sp, b.slices[key], f.ipv6)
 			cluster, local, hasAny := categorizeEndpoints(eps, sp, b.cfg.NodeName, b.zone)
-			fb.addServicePort(b.logger, sp, cluster, local, hasAny)
+			fb.addServicePort(report, sp, cluster, local, hasAny)
 			fb.addFirewall(sp, nodeIPs(b.cfg, node), b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
 			if sp.proto == nft.ProtoUDP {
@@ -345,6 +358,20 @@ func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, r
 		}
 	}
 	return fb
+}
+
+// reporter returns the problem reporter of one service: each problem is
+// logged and recorded once, however many families or ports hit it.
+func (b *builder) reporter(r *Rules, svc *v1.Service) reporter {
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	return func(reason, message string) {
+		p := Problem{Service: key, Reason: reason, Message: message}
+		if slices.Contains(r.Problems, p) {
+			return
+		}
+		r.Problems = append(r.Problems, p)
+		b.logger.Info("Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
+	}
 }
 
 // countLocalReady counts a service's distinct ready endpoint addresses on

@@ -1,10 +1,10 @@
 package proxier
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 
-	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/nft"
@@ -17,7 +17,7 @@ import (
 // whose traffic has nowhere to go is rejected when the service has no
 // endpoints at all, and dropped when only a Local policy finds none on this
 // node.
-func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, cluster, local []endpoint, hasEndpoints bool) {
+func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster, local []endpoint, hasEndpoints bool) {
 	comment := sp.String()
 	n, m := len(cluster), len(local)
 	hasInternal := hasEndpoints && (!sp.internalLocal || m > 0)
@@ -31,7 +31,7 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 		fb.seenIPs[sp.clusterIP] = true
 		fb.clusterIPs = append(fb.clusterIPs, nft.Element{Key: []nft.Datum{nft.Addr(sp.clusterIP)}})
 	}
-	if key, ok := fb.claimVIP(logger, sp, sp.clusterIP); ok {
+	if key, ok := fb.claimVIP(report, sp, sp.clusterIP); ok {
 		switch {
 		case !hasInternal:
 			fb.noEndpointServices = append(fb.noEndpointServices, nft.Element{Key: key, Verdict: &noEndpoints, Comment: comment})
@@ -57,7 +57,7 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 
 	for _, ip := range sp.external {
-		if key, ok := fb.claimVIP(logger, sp, ip); ok {
+		if key, ok := fb.claimVIP(report, sp, ip); ok {
 			fb.addExternal(sp, key, false, cluster, local, hasEndpoints, hasExternal, noEndpoints)
 		}
 	}
@@ -66,7 +66,7 @@ func (fb *familyBuild) addServicePort(logger klog.Logger, sp *servicePort, clust
 	}
 	id := addrPort{proto: sp.proto, port: sp.nodePort}
 	if fb.seenNodePorts[id] {
-		logger.Info("Skipping NodePort already used by another service port", "servicePort", comment, "nodePort", sp.nodePort)
+		report("NodePortInUse", fmt.Sprintf("port %s: NodePort %d is used by another service port", comment, sp.nodePort))
 		return
 	}
 	fb.seenNodePorts[id] = true
@@ -141,10 +141,10 @@ func (fb *familyBuild) addExternal(sp *servicePort, key []nft.Datum, nodePort bo
 
 // claimVIP returns the dispatch key of ip for the port, unless another
 // service port already has it.
-func (fb *familyBuild) claimVIP(logger klog.Logger, sp *servicePort, ip netip.Addr) ([]nft.Datum, bool) {
+func (fb *familyBuild) claimVIP(report reporter, sp *servicePort, ip netip.Addr) ([]nft.Datum, bool) {
 	id := addrPort{ip, sp.proto, sp.port}
 	if fb.seenVIPs[id] {
-		logger.Info("Skipping address already used by another service port", "servicePort", sp.String(), "address", ip, "port", sp.port)
+		report("AddressInUse", fmt.Sprintf("port %s: %s port %d is used by another service port", sp.String(), ip, sp.port))
 		return nil, false
 	}
 	fb.seenVIPs[id] = true

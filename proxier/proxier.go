@@ -12,6 +12,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
@@ -47,6 +48,9 @@ type Proxier struct {
 	healthChecks ServiceHealthServer
 	conntrack    Conntrack
 	metrics      *Metrics
+	recorder     record.EventRecorder
+	// lastProblems are the problems already reported with an Event.
+	lastProblems map[Problem]bool
 	// triggers are the last-change-trigger-time annotations of the
 	// EndpointSlices recorded since the last sync (network programming
 	// latency); families the ip_family labels of the last sync.
@@ -167,6 +171,27 @@ func (p *Proxier) DeleteServiceCIDR(name string) {
 // restart.
 func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
 	p.record(nil, func() { p.localAddrs = slices.Clone(addrs) })
+}
+
+// WithEventRecorder makes the proxier send a Warning Event to a Service
+// when part of it cannot be programmed (once per problem, not per sync).
+func WithEventRecorder(r record.EventRecorder) Option { return func(p *Proxier) { p.recorder = r } }
+
+// reportProblems sends Events for problems not reported before.
+func (p *Proxier) reportProblems(problems []Problem) {
+	if p.recorder == nil {
+		return
+	}
+	seen := make(map[Problem]bool, len(problems))
+	for _, pr := range problems {
+		seen[pr] = true
+		if p.lastProblems[pr] {
+			continue
+		}
+		ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: pr.Service.Namespace, Name: pr.Service.Name}
+		p.recorder.Event(ref, v1.EventTypeWarning, pr.Reason, pr.Message)
+	}
+	p.lastProblems = seen
 }
 
 // ForeignChange records that another process changed nftproxy's table
@@ -319,6 +344,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
 	}
 	p.clearStaleUDP(logger, rules.UDPEndpoints)
+	p.reportProblems(rules.Problems)
 	// Stale chains were flushed, not deleted; the next sync, whatever
 	// starts it (at the latest the periodic one), deletes them. A sync of
 	// their own would hold back the next change by MinSyncPeriod.

@@ -10,7 +10,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -104,7 +103,7 @@ func shouldProxy(svc *v1.Service, proxyName string) (bool, string) {
 
 // servicePorts returns the ports of svc for one family (ipv6 or not),
 // skipping what cannot be programmed with a log line.
-func servicePorts(logger klog.Logger, cfg Config, svc *v1.Service, ipv6 bool) []*servicePort {
+func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*servicePort {
 	clusterIP, ok := familyClusterIP(svc, ipv6)
 	if !ok {
 		return nil
@@ -113,7 +112,7 @@ func servicePorts(logger klog.Logger, cfg Config, svc *v1.Service, ipv6 bool) []
 	addExternal := func(s, what string) {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
-			logger.Info("Skipping invalid address of service", "service", klog.KObj(svc), "kind", what, "address", s)
+			report("InvalidAddress", fmt.Sprintf("skipping invalid %s %q", what, s))
 			return
 		}
 		a = a.Unmap()
@@ -126,7 +125,7 @@ func servicePorts(logger klog.Logger, cfg Config, svc *v1.Service, ipv6 bool) []
 	}
 	for _, ip := range svc.Spec.ExternalIPs {
 		if a, err := netip.ParseAddr(ip); err == nil && !externalIPAllowed(cfg, a.Unmap()) {
-			logger.Info("Not programming an external IP outside --allowed-external-ip-cidrs", "service", klog.KObj(svc), "address", ip)
+			report("ExternalIPNotAllowed", fmt.Sprintf("not programming external IP %s: outside --allowed-external-ip-cidrs", ip))
 			continue
 		}
 		addExternal(ip, "externalIP")
@@ -141,19 +140,19 @@ func servicePorts(logger klog.Logger, cfg Config, svc *v1.Service, ipv6 bool) []
 			addExternal(ing.IP, "loadBalancer ingress IP")
 		}
 	}
-	ranges := sourceRanges(logger, svc, ipv6)
+	ranges := sourceRanges(report, svc, ipv6)
 	var out []*servicePort
 	names := map[string]bool{}
 	for _, p := range svc.Spec.Ports {
 		// The API refuses two ports of one name; rules name ports by it.
 		if names[p.Name] {
-			logger.Info("Skipping service port with a duplicate name", "service", klog.KObj(svc), "port", p.Name)
+			report("DuplicatePortName", fmt.Sprintf("skipping port %q: its name is used by another port", p.Name))
 			continue
 		}
 		names[p.Name] = true
 		proto, ok := protocolNumber(p.Protocol)
 		if !ok || p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
-			logger.Info("Skipping invalid service port", "service", klog.KObj(svc), "port", p.Name, "protocol", p.Protocol, "number", p.Port, "nodePort", p.NodePort)
+			report("InvalidPort", fmt.Sprintf("skipping port %q: protocol %q, port %d, nodePort %d", p.Name, p.Protocol, p.Port, p.NodePort))
 			continue
 		}
 		sp := &servicePort{
@@ -201,7 +200,7 @@ func externalIPAllowed(cfg Config, a netip.Addr) bool {
 
 // sourceRanges returns the family's loadBalancerSourceRanges (or those of
 // the older annotation), skipping invalid ones with a log line.
-func sourceRanges(logger klog.Logger, svc *v1.Service, ipv6 bool) []netip.Prefix {
+func sourceRanges(report reporter, svc *v1.Service, ipv6 bool) []netip.Prefix {
 	specs := svc.Spec.LoadBalancerSourceRanges
 	if len(specs) == 0 && svc.Annotations[annotationSourceRanges] != "" {
 		specs = strings.Split(svc.Annotations[annotationSourceRanges], ",")
@@ -210,7 +209,7 @@ func sourceRanges(logger klog.Logger, svc *v1.Service, ipv6 bool) []netip.Prefix
 	for _, s := range specs {
 		p, err := netip.ParsePrefix(strings.TrimSpace(s))
 		if err != nil {
-			logger.Info("Skipping invalid loadBalancerSourceRange", "service", klog.KObj(svc), "range", s)
+			report("InvalidSourceRange", fmt.Sprintf("skipping invalid loadBalancerSourceRange %q", s))
 			continue
 		}
 		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmappedBits(p)).Masked()

@@ -14,8 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/conntrack"
@@ -60,6 +65,13 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create client: %w", err)
 		}
+		broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+		broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+		defer broadcaster.Shutdown()
+		recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "nftproxy", Host: nodeName})
+		recorder.Eventf(&corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: nodeName, UID: types.UID(nodeName)},
+			corev1.EventTypeNormal, "Starting", "Starting nftproxy %s.", version)
+
 		var p *proxier.Proxier
 		health := healthcheck.NewServer(klog.FromContext(ctx), nil, func() bool { return p.Healthy() })
 		defer health.Close()
@@ -67,7 +79,8 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		kernel := nft.NewKernel()
 		p, err = proxier.New(cfg, kernel, proxier.WithServiceHealthServer(health),
-			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)))
+			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)),
+			proxier.WithEventRecorder(recorder))
 		if err != nil {
 			return err
 		}
