@@ -3,10 +3,12 @@ package proxier
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -56,5 +58,57 @@ func BenchmarkDiffOneEndpointChanged(b *testing.B) {
 		if p.Replace {
 			b.Fatal("full replace")
 		}
+	}
+}
+
+// BenchmarkSoak runs update cycles against a fake kernel (one endpoint of
+// one of 1,000 services added and removed in turn) and reports the live heap
+// after the first and the last hundred cycles: it must stay flat.
+// go test ./proxier -run '^$' -bench Soak -benchtime 10000x
+func BenchmarkSoak(b *testing.B) {
+	_, ctx := ktesting.NewTestContext(b)
+	fake := &nft.Fake{}
+	cfg := testConfig()
+	cfg.MinSyncPeriod = 0
+	p, err := New(cfg, fake)
+	if err != nil {
+		b.Fatal(err)
+	}
+	st := benchState(1000, 10)
+	for _, s := range st.Services {
+		p.SetService(s)
+	}
+	for _, s := range st.EndpointSlices {
+		p.SetEndpointSlice(s)
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	var early uint64
+	b.ResetTimer()
+	for i := range b.N {
+		s := st.EndpointSlices[i%len(st.EndpointSlices)].DeepCopy()
+		if i%2 == 0 {
+			s.Endpoints = append(s.Endpoints, ep("10.250.0.1"))
+		}
+		p.SetEndpointSlice(s)
+		if err := p.Sync(ctx); err != nil {
+			b.Fatal(err)
+		}
+		// The fake keeps every plan; a daemon's kernel keeps none.
+		fake.Plans = nil
+		if i == 100 {
+			b.StopTimer()
+			early = heap()
+			b.StartTimer()
+		}
+	}
+	b.StopTimer()
+	if b.N > 100 {
+		b.ReportMetric(float64(early)/(1<<20), "heap-MiB-after-100")
+		b.ReportMetric(float64(heap())/(1<<20), "heap-MiB-at-end")
 	}
 }
