@@ -345,16 +345,7 @@ func TestRefusedTransactionKeepsOldRulesAndIsRetried(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *v1.Service:
-			p.SetService(o)
-		case *discoveryv1.EndpointSlice:
-			p.SetEndpointSlice(o)
-		case *v1.Node:
-			p.SetNode(o)
-		}
-	}
+	recordObjects(p, objs)
 	p.SetService(makeService("default", "new", "10.96.0.99"))
 	if err := p.Sync(ctx); err == nil {
 		t.Fatal("first sync succeeded; want it refused")

@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/nft"
@@ -183,5 +184,19 @@ func withAffinity(seconds int32) svcOpt {
 	return func(s *v1.Service) {
 		s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 		s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr.To(seconds)}}
+	}
+}
+
+// recordObjects hands objects to the proxier as the informers would.
+func recordObjects(p *Proxier, objs []runtime.Object) {
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *v1.Service:
+			p.SetService(o)
+		case *discoveryv1.EndpointSlice:
+			p.SetEndpointSlice(o)
+		case *v1.Node:
+			p.SetNode(o)
+		}
 	}
 }

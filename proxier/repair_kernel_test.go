@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2/ktesting"
 
 	"github.com/nftproxy/nftproxy/nft"
@@ -26,16 +24,7 @@ func TestForeignFlushIsRepairedAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *v1.Service:
-			p.SetService(o)
-		case *discoveryv1.EndpointSlice:
-			p.SetEndpointSlice(o)
-		case *v1.Node:
-			p.SetNode(o)
-		}
-	}
+	recordObjects(p, objs)
 	if err := kernel.WatchForeignChanges(ctx, TableName, func(ch nft.Change) { p.ForeignChange(logger, ch) }); err != nil {
 		t.Fatal(err)
 	}
