@@ -30,13 +30,14 @@ func (f *Fake) Apply(_ context.Context, p *Plan) error {
 			return err
 		}
 	}
-	if p.Replace {
-		if err := p.committed.Validate(); err != nil {
+	next := p.ApplyTo(f.Table)
+	if next != nil {
+		if err := next.Validate(); err != nil {
 			return err
 		}
 	}
 	f.Plans = append(f.Plans, p)
-	f.Table = p.Committed()
+	f.Table = next
 	return nil
 }
 

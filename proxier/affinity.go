@@ -131,8 +131,8 @@ func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, 
 	return elems
 }
 
-// addAffinity adds the sets and chains of the family's affinity ports.
-func (b *builder) addAffinity(t *nft.Table, fb *familyBuild, masq nft.Expr) {
+// addAffinity adds the sets and chains of the service's affinity ports.
+func (fb *familyBuild) addAffinity(t *nft.Table, masq nft.Expr) {
 	f := fb.f
 	saddr, daddr := nft.Saddr(f.ipv6), nft.Daddr(f.ipv6)
 	for _, a := range fb.affinity {
@@ -170,10 +170,10 @@ func (b *builder) addAffinity(t *nft.Table, fb *familyBuild, masq nft.Expr) {
 		// The Local policy's external chains, as the shared ones
 		// (addFamilyChains) but through this port's affinity chains.
 		if a.externalLocal {
-			fb.localExternalChain(t, a.externalLocalChain(), a.serviceChain(), a.serviceLocalChain(), m > 0, masq)
+			t.AddChain(fb.localExternalChain(a.externalLocalChain(), a.serviceChain(), a.serviceLocalChain(), m > 0, masq))
 		}
 		if a.externalLocalNodePort {
-			fb.localExternalChain(t, a.externalLocalNodePortChain(), a.serviceNodePortChain(), a.serviceNodePortLocalChain(), m > 0, masq)
+			t.AddChain(fb.localExternalChain(a.externalLocalNodePortChain(), a.serviceNodePortChain(), a.serviceNodePortLocalChain(), m > 0, masq))
 		}
 		for _, e := range a.allEndpoints() {
 			t.AddSet(&nft.Set{Name: a.affinitySet(e), Key: []nft.Field{saddr}, Dynamic: true, Timeout: a.timeout})

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -81,44 +80,69 @@ func Build(logger klog.Logger, cfg Config, st State) *nft.Table {
 // endpoints, which DNATs through a shared map keyed by the same fields plus
 // `numgen random mod n`. A service change is thus element updates only; no
 // chain or set is created per service, which keeps cold starts linear.
+//
+// The table is assembled from one fragment per service (see tableState),
+// the same way the proxier keeps it between syncs.
 func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
-	b := &builder{logger: logger, cfg: cfg, slices: groupSlices(logger, st.EndpointSlices), serviceCIDRs: serviceCIDRs(logger, cfg, st.ServiceCIDRs)}
-	if st.Node != nil {
-		b.zone = st.Node.Labels[v1.LabelTopologyZone]
-	}
-	services := slices.Clone(st.Services)
-	slices.SortFunc(services, func(a, b *v1.Service) int {
-		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
-	})
-	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: map[types.NamespacedName]healthcheck.Check{},
-		UDPEndpoints: map[UDPDestination][]netip.AddrPort{}, NoLocalEndpoints: map[string]int{}}
-	var built []*familyBuild
-	for _, f := range families() {
-		fb := b.buildFamily(f, services, st.Node, r)
-		r.NodePortAddresses = append(r.NodePortAddresses, fb.nodePortAddrs...)
-		if fb.empty() {
-			continue
-		}
-		built = append(built, fb)
-	}
-	for _, fb := range built {
-		fb.addSets(r.Table)
-	}
-	b.addChains(r.Table, built)
-	return r
+	ts := newTableState(newBuilder(logger, cfg, st.Node, st.ServiceCIDRs))
+	ts.addAll(st.Services, groupSlices(logger, st.EndpointSlices))
+	return ts.assemble(true, false)
 }
 
+// builder builds the fragments of services against what they all share:
+// the config and this node.
 type builder struct {
 	logger klog.Logger
 	cfg    Config
+	node   *v1.Node
 	zone   string // this node's topology zone
-	slices map[types.NamespacedName][]*discoveryv1.EndpointSlice
-	// serviceCIDRs are the ClusterIP ranges, from the flag and the API,
-	// without overlaps.
-	serviceCIDRs []netip.Prefix
-	// localReady collects each health-checked service's local ready
-	// endpoint addresses.
-	localReady map[types.NamespacedName]map[netip.Addr]bool
+	// nodeIPs are this node's addresses (firewall exceptions).
+	nodeIPs []netip.Addr
+	fams    [2]*familyContext
+}
+
+func newBuilder(logger klog.Logger, cfg Config, node *v1.Node, cidrObjs []*networkingv1.ServiceCIDR) *builder {
+	b := &builder{logger: logger, cfg: cfg, node: node, nodeIPs: nodeIPs(cfg, node)}
+	if node != nil {
+		b.zone = node.Labels[v1.LabelTopologyZone]
+	}
+	cidrs := serviceCIDRs(logger, cfg, cidrObjs)
+	for i, f := range families() {
+		fc := &familyContext{f: f}
+		for _, p := range cfg.ClusterCIDRs {
+			if p.Addr().Is6() == f.ipv6 {
+				fc.clusterCIDRs = append(fc.clusterCIDRs, p.Masked())
+			}
+		}
+		fc.local = newLocalDetector(cfg, node, fc.clusterCIDRs, f.ipv6)
+		for _, p := range cidrs {
+			if p.Addr().Is6() == f.ipv6 {
+				fc.serviceCIDRs = append(fc.serviceCIDRs, nft.Element{Key: []nft.Datum{nft.Prefix(p)}})
+			}
+		}
+		fc.nodePortAddrs = nodePortAddresses(cfg, node, f.ipv6)
+		for _, a := range fc.nodePortAddrs {
+			fc.nodePortIPs = append(fc.nodePortIPs, nft.Element{Key: []nft.Datum{nft.Addr(a)}})
+		}
+		b.fams[i] = fc
+	}
+	return b
+}
+
+// familyContext is what every service of one family is built against.
+type familyContext struct {
+	f             family
+	nodePortAddrs []netip.Addr
+	clusterCIDRs  []netip.Prefix
+	local         localDetector
+	serviceCIDRs  []nft.Element
+	nodePortIPs   []nft.Element
+}
+
+// hasGlobal reports whether the family needs its sets and chains whatever
+// the services: the node or the config give it addresses.
+func (fc *familyContext) hasGlobal() bool {
+	return len(fc.nodePortIPs) > 0 || len(fc.clusterCIDRs) > 0 || len(fc.serviceCIDRs) > 0
 }
 
 // groupSlices groups EndpointSlices by the service they belong to.
@@ -230,15 +254,11 @@ type addrPort struct {
 	port  uint16
 }
 
-// familyBuild collects the elements of one family's sets and the chains
-// they point to.
+// familyBuild collects what one service contributes to one family: the
+// elements of the family's sets, the shared chains they point to, and the
+// service's own session affinity chains.
 type familyBuild struct {
-	f family
-
-	nodePortAddrs []netip.Addr
-	clusterCIDRs  []netip.Prefix
-	local         localDetector
-	serviceCIDRs  []nft.Element
+	*familyContext
 
 	clusterIPs, nodePortIPs, hairpin               []nft.Element
 	serviceIPs, serviceEndpoints, serviceLocalEPs  []nft.Element
@@ -248,17 +268,118 @@ type familyBuild struct {
 	affinityLocalEPs, affinityNodePortLocalEPs     []nft.Element
 	firewallIPs, firewallAllow                     []nft.Element
 	firewallNodePorts, firewallNodePortAllow       []nft.Element
+	serviceCIDRElems                               []nft.Element
 	affinity                                       []*affinityPort
-	lb, lbLocal, lbNodePort, lbNodePortLocal       map[int]bool
-	external, externalNodePort                     map[int]bool
-	externalLocal, externalNodePortLocal           map[[2]int]bool
-	seenIPs                                        map[netip.Addr]bool
-	seenVIPs, seenNodePorts, hairpins              map[addrPort]bool
+	needs                                          []chainNeed
+
+	// wins reports whether the service, which wants the key, has it: of
+	// all services that want a key, the first by namespace/name has it.
+	wins  func(claimKey) bool
+	wants []claimKey
+	// Within the service: claimed keys, cluster IPs and hairpins seen.
+	seenIPs                           smallSet[netip.Addr]
+	seenVIPs, seenNodePorts, hairpins smallSet[addrPort]
+	// won are the claimed addresses and NodePorts (addr unset) the service
+	// has.
+	won smallSet[addrPort]
 }
 
-func (fb *familyBuild) empty() bool {
-	return len(fb.serviceIPs) == 0 && len(fb.noEndpointServices) == 0 && len(fb.nodePortIPs) == 0 &&
-		len(fb.clusterCIDRs) == 0 && len(fb.serviceCIDRs) == 0
+// smallSet is a set of the few values one service has: a slice, which
+// costs less than a map to make for each of thousands of services.
+type smallSet[T comparable] []T
+
+func (s smallSet[T]) has(v T) bool { return slices.Contains(s, v) }
+func (s *smallSet[T]) add(v T)     { *s = append(*s, v) }
+
+func newFamilyBuild(fc *familyContext, wins func(claimKey) bool) *familyBuild {
+	return &familyBuild{familyContext: fc, wins: wins}
+}
+
+// need records that an element points to a shared chain.
+func (fb *familyBuild) need(kind chainKind, n, m int) {
+	if c := (chainNeed{kind, n, m}); !slices.Contains(fb.needs, c) {
+		fb.needs = append(fb.needs, c)
+	}
+}
+
+// The sets of a family, in the order they are declared.
+const (
+	setClusterIPs = iota
+	setServiceIPs
+	setServiceEndpoints
+	setServiceLocalEndpoints
+	setNodePortIPs
+	setNodePorts
+	setNodePortEndpoints
+	setNodePortLocalEndpoints
+	setHairpin
+	setNoEndpointServices
+	setNoEndpointNodePorts
+	setServiceCIDRs
+	setFirewallIPs
+	setFirewallAllow
+	setFirewallNodePorts
+	setFirewallNodePortAllow
+	setAffinityEndpoints
+	setAffinityNodePortEndpoints
+	setAffinityLocalEndpoints
+	setAffinityNodePortLocalEndpoints
+	numSets
+)
+
+// sharedSet reports whether several services may hold the same element of
+// the set (one ClusterIP, one endpoint). Every other set's elements are
+// keyed by an address or NodePort one service has claimed.
+func sharedSet(i int) bool { return i == setClusterIPs || i == setHairpin }
+
+// lists returns the element lists of the family's sets, by set index.
+// nodePortIPs and serviceCIDRElems are the family context's, not a
+// service's.
+func (fb *familyBuild) lists() [numSets]*[]nft.Element {
+	return [numSets]*[]nft.Element{
+		&fb.clusterIPs, &fb.serviceIPs, &fb.serviceEndpoints, &fb.serviceLocalEPs,
+		&fb.nodePortIPs, &fb.nodePorts, &fb.nodePortEndpoints, &fb.nodePortLocalEPs,
+		&fb.hairpin, &fb.noEndpointServices, &fb.noEndpointNodePorts, &fb.serviceCIDRElems,
+		&fb.firewallIPs, &fb.firewallAllow, &fb.firewallNodePorts, &fb.firewallNodePortAllow,
+		&fb.affinityEPs, &fb.affinityNodePortEPs, &fb.affinityLocalEPs, &fb.affinityNodePortLocalEPs,
+	}
+}
+
+// setDefs returns the family's sets, without elements, by set index.
+func (f family) setDefs() [numSets]*nft.Set {
+	daddr, saddr := nft.Daddr(f.ipv6), nft.Saddr(f.ipv6)
+	vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
+	np := []nft.Field{nft.L4Proto, nft.THDport}
+	dnatTo := []nft.Field{daddr, nft.THDport}
+	slot := func(key []nft.Field) []nft.Field { return append(slices.Clone(key), nft.NumgenRandom(1)) }
+	return [numSets]*nft.Set{
+		{Name: f.clusterIPs(), Key: []nft.Field{daddr}, Comment: "ClusterIPs"},
+		{Name: f.serviceIPs(), Key: vip, Verdict: true, Comment: "ClusterIP, external and load balancer IP service ports"},
+		{Name: f.serviceEndpoints(), Key: slot(vip), Value: dnatTo, Comment: "endpoint of each slot of a service IP port"},
+		{Name: f.serviceLocalEndpoints(), Key: slot(vip), Value: dnatTo, Comment: "local endpoint of each slot, for Local traffic policies"},
+		{Name: f.nodePortIPs(), Key: []nft.Field{daddr}, Comment: "addresses NodePorts are served on"},
+		{Name: f.nodePorts(), Key: np, Verdict: true, Comment: "NodePorts"},
+		{Name: f.nodePortEndpoints(), Key: slot(np), Value: dnatTo, Comment: "endpoint of each slot of a NodePort"},
+		{Name: f.nodePortLocalEndpoints(), Key: slot(np), Value: dnatTo, Comment: "local endpoint of each slot of a Local NodePort"},
+		{Name: f.hairpin(), Key: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Comment: "endpoints reaching themselves through a service"},
+		{Name: f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without usable endpoints"},
+		{Name: f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without usable endpoints"},
+		{Name: f.serviceCIDRs(), Key: []nft.Field{daddr}, Interval: true, Comment: "ClusterIP ranges"},
+		{Name: f.firewallIPs(), Key: vip, Comment: "load balancer IP ports with source ranges"},
+		{Name: f.firewallAllow(), Key: append(slices.Clone(vip), saddr), Interval: true, Comment: "sources allowed to load balancer IP ports"},
+		{Name: f.firewallNodePorts(), Key: np, Comment: "NodePorts with source ranges"},
+		{Name: f.firewallNodePortAllow(), Key: append(slices.Clone(np), saddr), Interval: true, Comment: "sources allowed to NodePorts"},
+		{Name: f.affinityEndpoints(), Key: slot(vip), Verdict: true, Comment: "endpoint chain of each slot of a service IP port with session affinity"},
+		{Name: f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity"},
+		{Name: f.affinityLocalEndpoints(), Key: slot(vip), Verdict: true, Comment: "local endpoint chain of each slot, session affinity with a Local policy"},
+		{Name: f.affinityNodePortLocalEndpoints(), Key: slot(np), Verdict: true, Comment: "local endpoint chain of each slot of a Local NodePort with session affinity"},
+	}
+}
+
+// hasServices reports whether the service has ports in the family, which
+// then needs its sets and chains.
+func (fb *familyBuild) hasServices() bool {
+	return len(fb.serviceIPs) > 0 || len(fb.noEndpointServices) > 0
 }
 
 // serviceCIDRs returns the ClusterIP ranges of the flag and of ServiceCIDR
@@ -304,127 +425,81 @@ func unmappedBits(p netip.Prefix) int {
 	return 0
 }
 
-func (b *builder) buildFamily(f family, services []*v1.Service, node *v1.Node, r *Rules) *familyBuild {
-	fb := &familyBuild{
-		f:  f,
-		lb: map[int]bool{}, lbLocal: map[int]bool{}, lbNodePort: map[int]bool{}, lbNodePortLocal: map[int]bool{},
-		external: map[int]bool{}, externalNodePort: map[int]bool{},
-		externalLocal: map[[2]int]bool{}, externalNodePortLocal: map[[2]int]bool{},
-		seenIPs:  map[netip.Addr]bool{},
-		seenVIPs: map[addrPort]bool{}, seenNodePorts: map[addrPort]bool{}, hairpins: map[addrPort]bool{},
+// buildService returns what one service contributes to the table, in both
+// families; nil when nftproxy does not proxy it. wins tells whether the
+// service has a claimed key (see claimKey).
+func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlices []*discoveryv1.EndpointSlice, wins func(claimKey) bool) *fragment {
+	if ok, why := shouldProxy(svc, b.cfg.ServiceProxyName); !ok {
+		b.logger.V(4).Info("Not proxying service", "service", klog.KObj(svc), "reason", why)
+		return nil
 	}
-	for _, p := range b.cfg.ClusterCIDRs {
-		if p.Addr().Is6() == f.ipv6 {
-			fb.clusterCIDRs = append(fb.clusterCIDRs, p.Masked())
+	frag := &fragment{svc: svc}
+	report := func(reason, message string) {
+		p := Problem{Service: key, Reason: reason, Message: message}
+		if slices.Contains(frag.problems, p) {
+			return
 		}
+		frag.problems = append(frag.problems, p)
+		b.logger.Info("Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
 	}
-	fb.local = newLocalDetector(b.cfg, node, fb.clusterCIDRs, f.ipv6)
-	for _, p := range b.serviceCIDRs {
-		if p.Addr().Is6() == f.ipv6 {
-			fb.serviceCIDRs = append(fb.serviceCIDRs, nft.Element{Key: []nft.Datum{nft.Prefix(p)}})
-		}
-	}
-	fb.nodePortAddrs = nodePortAddresses(b.cfg, node, f.ipv6)
-	for _, a := range fb.nodePortAddrs {
-		fb.nodePortIPs = append(fb.nodePortIPs, nft.Element{Key: []nft.Datum{nft.Addr(a)}})
-	}
-	for _, svc := range services {
-		if ok, why := shouldProxy(svc, b.cfg.ServiceProxyName); !ok {
-			b.logger.V(4).Info("Not proxying service", "service", klog.KObj(svc), "reason", why)
-			continue
-		}
-		key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-		report := b.reporter(r, svc)
-		for _, sp := range servicePorts(report, b.cfg, svc, f.ipv6) {
-			eps := endpointsFor(b.logger, sp, b.slices[key], f.ipv6)
+	var localReady map[netip.Addr]bool
+	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}
+	for i, fc := range b.fams {
+		fb := newFamilyBuild(fc, wins)
+		for _, sp := range servicePorts(report, b.cfg, svc, fc.f.ipv6) {
+			eps := endpointsFor(b.logger, sp, epSlices, fc.f.ipv6)
 			cluster, local, hasAny := categorizeEndpoints(eps, sp, b.cfg.NodeName, b.zone)
 			fb.addServicePort(report, sp, cluster, local, hasAny)
-			fb.addFirewall(sp, nodeIPs(b.cfg, node), b.cfg.LBSourceRangesForNodePorts)
+			fb.addFirewall(sp, b.nodeIPs, b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
 			if sp.proto == nft.ProtoUDP {
-				addUDPEndpoints(r.UDPEndpoints, sp, cluster, local)
+				if frag.udp == nil {
+					frag.udp = map[UDPDestination][]netip.AddrPort{}
+				}
+				addUDPEndpoints(frag.udp, sp, cluster, local)
 			}
 			if sp.healthCheckNodePort != 0 {
-				b.countLocalReady(r.HealthChecks, key, sp.healthCheckNodePort, eps)
+				// kube-proxy's LocalReadyEndpoints: the service's distinct
+				// ready endpoint addresses on this node, over all its ports
+				// and families.
+				if localReady == nil {
+					localReady = map[netip.Addr]bool{}
+				}
+				for _, e := range eps {
+					if e.ready && e.isLocal(b.cfg.NodeName) {
+						localReady[e.addr] = true
+					}
+				}
+				frag.health = &healthcheck.Check{Port: sp.healthCheckNodePort, LocalEndpoints: len(localReady)}
 			}
 			if hasAny && len(local) == 0 {
 				if sp.internalLocal {
-					r.NoLocalEndpoints["internal"]++
+					frag.noLocal[0]++
 				}
 				if sp.externalLocal {
-					r.NoLocalEndpoints["external"]++
+					frag.noLocal[1]++
 				}
 			}
 		}
+		frag.fams[i] = fb.fragment(b.cfg, masq)
 	}
-	return fb
+	return frag
 }
 
-// reporter returns the problem reporter of one service: each problem is
-// logged and recorded once, however many families or ports hit it.
-func (b *builder) reporter(r *Rules, svc *v1.Service) reporter {
-	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
-	return func(reason, message string) {
-		p := Problem{Service: key, Reason: reason, Message: message}
-		if slices.Contains(r.Problems, p) {
-			return
-		}
-		r.Problems = append(r.Problems, p)
-		b.logger.Info("Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
+// fragment returns what the family build collected.
+func (fb *familyBuild) fragment(cfg Config, masq nft.Expr) familyFragment {
+	ff := familyFragment{hasServices: fb.hasServices(), wants: fb.wants}
+	for i, l := range fb.lists() {
+		ff.elems[i] = *l
 	}
-}
-
-// countLocalReady counts a service's distinct ready endpoint addresses on
-// this node, over all its ports and families, as kube-proxy's
-// LocalReadyEndpoints does for health checks.
-func (b *builder) countLocalReady(health map[types.NamespacedName]healthcheck.Check, key types.NamespacedName, port uint16, eps []endpoint) {
-	if b.localReady == nil {
-		b.localReady = map[types.NamespacedName]map[netip.Addr]bool{}
+	ff.needs = fb.needs
+	slices.SortFunc(ff.needs, chainNeed.compare)
+	if len(fb.affinity) > 0 {
+		t := nft.NewTable(nft.FamilyINet, TableName)
+		fb.addAffinity(t, masq)
+		ff.chains, ff.sets = t.Chains, t.Sets
 	}
-	seen := b.localReady[key]
-	if seen == nil {
-		seen = map[netip.Addr]bool{}
-		b.localReady[key] = seen
-	}
-	for _, e := range eps {
-		if e.ready && e.isLocal(b.cfg.NodeName) {
-			seen[e.addr] = true
-		}
-	}
-	health[key] = healthcheck.Check{Port: port, LocalEndpoints: len(seen)}
-}
-
-func (fb *familyBuild) addSets(t *nft.Table) {
-	daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
-	vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
-	np := []nft.Field{nft.L4Proto, nft.THDport}
-	dnatTo := []nft.Field{daddr, nft.THDport}
-	slot := func(key []nft.Field) []nft.Field { return append(slices.Clone(key), nft.NumgenRandom(1)) }
-	sets := []*nft.Set{
-		{Name: fb.f.clusterIPs(), Key: []nft.Field{daddr}, Comment: "ClusterIPs", Elements: fb.clusterIPs},
-		{Name: fb.f.serviceIPs(), Key: vip, Verdict: true, Comment: "ClusterIP, external and load balancer IP service ports", Elements: fb.serviceIPs},
-		{Name: fb.f.serviceEndpoints(), Key: slot(vip), Value: dnatTo, Comment: "endpoint of each slot of a service IP port", Elements: fb.serviceEndpoints},
-		{Name: fb.f.serviceLocalEndpoints(), Key: slot(vip), Value: dnatTo, Comment: "local endpoint of each slot, for Local traffic policies", Elements: fb.serviceLocalEPs},
-		{Name: fb.f.nodePortIPs(), Key: []nft.Field{daddr}, Comment: "addresses NodePorts are served on", Elements: fb.nodePortIPs},
-		{Name: fb.f.nodePorts(), Key: np, Verdict: true, Comment: "NodePorts", Elements: fb.nodePorts},
-		{Name: fb.f.nodePortEndpoints(), Key: slot(np), Value: dnatTo, Comment: "endpoint of each slot of a NodePort", Elements: fb.nodePortEndpoints},
-		{Name: fb.f.nodePortLocalEndpoints(), Key: slot(np), Value: dnatTo, Comment: "local endpoint of each slot of a Local NodePort", Elements: fb.nodePortLocalEPs},
-		{Name: fb.f.hairpin(), Key: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Comment: "endpoints reaching themselves through a service", Elements: fb.hairpin},
-		{Name: fb.f.noEndpointServices(), Key: vip, Verdict: true, Comment: "service IP ports without usable endpoints", Elements: fb.noEndpointServices},
-		{Name: fb.f.noEndpointNodePorts(), Key: np, Verdict: true, Comment: "NodePorts without usable endpoints", Elements: fb.noEndpointNodePorts},
-		{Name: fb.f.serviceCIDRs(), Key: []nft.Field{daddr}, Interval: true, Comment: "ClusterIP ranges", Elements: fb.serviceCIDRs},
-		{Name: fb.f.firewallIPs(), Key: vip, Comment: "load balancer IP ports with source ranges", Elements: fb.firewallIPs},
-		{Name: fb.f.firewallAllow(), Key: append(slices.Clone(vip), saddr), Interval: true, Comment: "sources allowed to load balancer IP ports", Elements: fb.firewallAllow},
-		{Name: fb.f.firewallNodePorts(), Key: np, Comment: "NodePorts with source ranges", Elements: fb.firewallNodePorts},
-		{Name: fb.f.firewallNodePortAllow(), Key: append(slices.Clone(np), saddr), Interval: true, Comment: "sources allowed to NodePorts", Elements: fb.firewallNodePortAllow},
-		{Name: fb.f.affinityEndpoints(), Key: slot(vip), Verdict: true, Comment: "endpoint chain of each slot of a service IP port with session affinity", Elements: fb.affinityEPs},
-		{Name: fb.f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity", Elements: fb.affinityNodePortEPs},
-		{Name: fb.f.affinityLocalEndpoints(), Key: slot(vip), Verdict: true, Comment: "local endpoint chain of each slot, session affinity with a Local policy", Elements: fb.affinityLocalEPs},
-		{Name: fb.f.affinityNodePortLocalEndpoints(), Key: slot(np), Verdict: true, Comment: "local endpoint chain of each slot of a Local NodePort with session affinity", Elements: fb.affinityNodePortLocalEPs},
-	}
-	for _, s := range sets {
-		t.AddSet(s)
-	}
+	return ff
 }
 
 // addUDPEndpoints records where the port's UDP traffic may go, by every

@@ -2,33 +2,48 @@ package proxier
 
 import (
 	"cmp"
-	"maps"
+	"fmt"
 	"slices"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
 
-func sortedKeys[K cmp.Ordered](m map[K]bool) []K { return slices.Sorted(maps.Keys(m)) }
+// chainKind is a kind of chain shared by the service ports whose elements
+// point to it, named by the family and the endpoint counts n (and m).
+type chainKind uint8
 
-func sortedPairs(m map[[2]int]bool) [][2]int {
-	return slices.SortedFunc(maps.Keys(m), func(a, b [2]int) int {
-		if c := cmp.Compare(a[0], b[0]); c != 0 {
-			return c
-		}
-		return cmp.Compare(a[1], b[1])
-	})
+// Shared chain kinds, in the order they are declared.
+const (
+	chainLB chainKind = iota // pick one of n endpoints of a service IP port
+	chainLBLocal
+	chainLBNodePort
+	chainLBNodePortLocal
+	chainExternal // masquerade, then pick one of n
+	chainExternalNodePort
+	chainExternalLocal // Local policy: n cluster, m local endpoints
+	chainExternalNodePortLocal
+)
+
+// chainNeed is one shared chain of a family.
+type chainNeed struct {
+	kind chainKind
+	n, m int
 }
 
-// addChains adds the chains: the shared endpoint-picking and external
-// traffic chains the elements point to, dispatch, masquerading, the
-// no-endpoint checks and the base chains.
-func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
-	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}
-	for _, fb := range built {
-		b.addFamilyChains(t, fb, masq)
-		b.addAffinity(t, fb, masq)
+func (c chainNeed) compare(o chainNeed) int {
+	if c := cmp.Compare(c.kind, o.kind); c != 0 {
+		return c
 	}
+	if c := cmp.Compare(c.n, o.n); c != 0 {
+		return c
+	}
+	return cmp.Compare(c.m, o.m)
+}
 
+// addFixedChains adds the chains every table has: dispatch, masquerading,
+// the no-endpoint checks and the base chains, for the families built.
+func (b *builder) addFixedChains(t *nft.Table, built []*familyContext) {
+	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}
 	// A port without endpoints is refused at once, as kube-proxy does: TCP
 	// gets a reset, everything else an ICMP port unreachable. As in
 	// kube-proxy, this is checked in the filter hooks for new connections,
@@ -39,64 +54,64 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	rej.AddRule(nft.Counter{}, nft.Reject{})
 	svcCheck := t.AddChain(&nft.Chain{Name: chainServiceEPCheck})
 	npCheck := t.AddChain(&nft.Chain{Name: chainNodePortEPCheck})
-	for _, fb := range built {
-		daddr := nft.Daddr(fb.f.ipv6)
-		svcCheck.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fb.f.noEndpointServices()})
-		npCheck.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.nodePortIPs()},
-			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fb.f.noEndpointNodePorts()})
+	for _, fc := range built {
+		daddr := nft.Daddr(fc.f.ipv6)
+		svcCheck.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fc.f.noEndpointServices()})
+		npCheck.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.nodePortIPs()},
+			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fc.f.noEndpointNodePorts()})
 	}
 
 	// Traffic to a ClusterIP that DNAT left alone: an unknown port of a
 	// known ClusterIP is rejected, an unallocated address of the service
 	// ranges dropped, as kube-proxy does.
 	ipsCheck := t.AddChain(&nft.Chain{Name: chainClusterIPsCheck})
-	for _, fb := range built {
-		daddr := nft.Daddr(fb.f.ipv6)
+	for _, fc := range built {
+		daddr := nft.Daddr(fc.f.ipv6)
 		ipsCheck.AddRuleWithComment("reject traffic to invalid ports of ClusterIPs",
-			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.clusterIPs()}, nft.Goto(chainReject))
+			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.clusterIPs()}, nft.Goto(chainReject))
 		ipsCheck.AddRuleWithComment("drop traffic to unallocated ClusterIPs",
-			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.serviceCIDRs()}, nft.Drop)
+			nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.serviceCIDRs()}, nft.Drop)
 	}
 
 	// loadBalancerSourceRanges, checked before DNAT as in kube-proxy.
 	fw := t.AddChain(&nft.Chain{Name: chainFirewallCheck})
-	for _, fb := range built {
-		daddr, saddr := nft.Daddr(fb.f.ipv6), nft.Saddr(fb.f.ipv6)
+	for _, fc := range built {
+		daddr, saddr := nft.Daddr(fc.f.ipv6), nft.Saddr(fc.f.ipv6)
 		vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
 		fw.AddRuleWithComment("drop sources outside loadBalancerSourceRanges",
-			nft.SetMatch{Fields: vip, Set: fb.f.firewallIPs()},
-			nft.SetMatch{Fields: append(slices.Clone(vip), saddr), Set: fb.f.firewallAllow(), Negate: true}, nft.Drop)
+			nft.SetMatch{Fields: vip, Set: fc.f.firewallIPs()},
+			nft.SetMatch{Fields: append(slices.Clone(vip), saddr), Set: fc.f.firewallAllow(), Negate: true}, nft.Drop)
 		if b.cfg.LBSourceRangesForNodePorts {
 			np := []nft.Field{nft.L4Proto, nft.THDport}
 			fw.AddRuleWithComment("drop sources outside loadBalancerSourceRanges on NodePorts",
-				nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.nodePortIPs()},
-				nft.SetMatch{Fields: np, Set: fb.f.firewallNodePorts()},
-				nft.SetMatch{Fields: append(slices.Clone(np), saddr), Set: fb.f.firewallNodePortAllow(), Negate: true}, nft.Drop)
+				nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.nodePortIPs()},
+				nft.SetMatch{Fields: np, Set: fc.f.firewallNodePorts()},
+				nft.SetMatch{Fields: append(slices.Clone(np), saddr), Set: fc.f.firewallNodePortAllow(), Negate: true}, nft.Drop)
 		}
 	}
 
 	svc := t.AddChain(&nft.Chain{Name: chainServices})
-	for _, fb := range built {
-		daddr := nft.Daddr(fb.f.ipv6)
-		toClusterIP := nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.clusterIPs()}
+	for _, fc := range built {
+		daddr := nft.Daddr(fc.f.ipv6)
+		toClusterIP := nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.clusterIPs()}
 		switch {
 		case b.cfg.MasqueradeAll:
 			svc.AddRuleWithComment("masquerade all traffic to ClusterIPs", toClusterIP, masq)
-		case fb.local.available:
-			exprs := append([]nft.Expr{toClusterIP}, fb.local.ifNotLocal()...)
+		case fc.local.available:
+			exprs := append([]nft.Expr{toClusterIP}, fc.local.ifNotLocal()...)
 			svc.AddRuleWithComment("masquerade off-cluster traffic to ClusterIPs", append(exprs, masq)...)
 		}
-		svc.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fb.f.serviceIPs()})
-		svc.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fb.f.nodePortIPs()},
-			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fb.f.nodePorts()})
+		svc.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fc.f.serviceIPs()})
+		svc.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.nodePortIPs()},
+			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fc.f.nodePorts()})
 	}
 
 	m := t.AddChain(&nft.Chain{Name: chainMasquerade})
 	bit := b.cfg.masqueradeMark()
 	m.AddRule(nft.MarkMatch{Mask: bit}, nft.SetMarkXor{Bits: bit}, nft.Masquerade{})
-	for _, fb := range built {
-		saddr, daddr := nft.Saddr(fb.f.ipv6), nft.Daddr(fb.f.ipv6)
-		m.AddRule(nft.CtStatusDNAT{}, nft.SetMatch{Fields: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Set: fb.f.hairpin()}, nft.Masquerade{})
+	for _, fc := range built {
+		saddr, daddr := nft.Saddr(fc.f.ipv6), nft.Daddr(fc.f.ipv6)
+		m.AddRule(nft.CtStatusDNAT{}, nft.SetMatch{Fields: []nft.Field{saddr, daddr, nft.L4Proto, nft.THDport}, Set: fc.f.hairpin()}, nft.Masquerade{})
 	}
 
 	nat := func(name string, hook nft.Hook, prio int, target string) {
@@ -126,50 +141,41 @@ func (b *builder) addChains(t *nft.Table, built []*familyBuild) {
 	filter(chainFilterOutput, nft.HookOutput, chainNodePortEPCheck, chainServiceEPCheck, chainClusterIPsCheck)
 }
 
-// addFamilyChains adds the chains one family's elements point to.
-func (b *builder) addFamilyChains(t *nft.Table, fb *familyBuild, masq nft.Expr) {
-	f := fb.f
-	daddr := nft.Daddr(f.ipv6)
-	vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
+// sharedChain returns a shared chain of the family.
+func (fc *familyContext) sharedChain(c chainNeed, masq nft.Expr) *nft.Chain {
+	f := fc.f
+	vip := []nft.Field{nft.Daddr(f.ipv6), nft.L4Proto, nft.THDport}
 	np := []nft.Field{nft.L4Proto, nft.THDport}
-	pick := func(name string, key []nft.Field, n int, m string) {
-		c := t.AddChain(&nft.Chain{Name: name})
-		c.AddRule(nft.DNATMap{IPv6: f.ipv6, Fields: append(slices.Clone(key), nft.NumgenRandom(uint32(n))), Map: m})
+	pick := func(name string, key []nft.Field, n int, m string) *nft.Chain {
+		ch := &nft.Chain{Name: name}
+		ch.AddRule(nft.DNATMap{IPv6: f.ipv6, Fields: append(slices.Clone(key), nft.NumgenRandom(uint32(n))), Map: m})
+		return ch
 	}
-	for _, n := range sortedKeys(fb.lb) {
-		pick(f.lbChain(n), vip, n, f.serviceEndpoints())
-	}
-	for _, n := range sortedKeys(fb.lbLocal) {
-		pick(f.lbLocalChain(n), vip, n, f.serviceLocalEndpoints())
-	}
-	for _, n := range sortedKeys(fb.lbNodePort) {
-		pick(f.lbNodePortChain(n), np, n, f.nodePortEndpoints())
-	}
-	for _, n := range sortedKeys(fb.lbNodePortLocal) {
-		pick(f.lbNodePortLocalChain(n), np, n, f.nodePortLocalEndpoints())
-	}
-
 	// Cluster policy: the endpoint may be on another node, so masquerade.
-	for _, n := range sortedKeys(fb.external) {
-		t.AddChain(&nft.Chain{Name: f.externalChain(false, n)}).AddRule(masq, nft.Goto(f.lbChain(n)))
+	external := func(name, target string) *nft.Chain {
+		ch := &nft.Chain{Name: name}
+		ch.AddRule(masq, nft.Goto(target))
+		return ch
 	}
-	for _, n := range sortedKeys(fb.externalNodePort) {
-		t.AddChain(&nft.Chain{Name: f.externalChain(true, n)}).AddRule(masq, nft.Goto(f.lbNodePortChain(n)))
+	switch c.kind {
+	case chainLB:
+		return pick(f.lbChain(c.n), vip, c.n, f.serviceEndpoints())
+	case chainLBLocal:
+		return pick(f.lbLocalChain(c.n), vip, c.n, f.serviceLocalEndpoints())
+	case chainLBNodePort:
+		return pick(f.lbNodePortChain(c.n), np, c.n, f.nodePortEndpoints())
+	case chainLBNodePortLocal:
+		return pick(f.lbNodePortLocalChain(c.n), np, c.n, f.nodePortLocalEndpoints())
+	case chainExternal:
+		return external(f.externalChain(false, c.n), f.lbChain(c.n))
+	case chainExternalNodePort:
+		return external(f.externalChain(true, c.n), f.lbNodePortChain(c.n))
+	case chainExternalLocal:
+		return fc.localExternalChain(f.externalLocalChain(false, c.n, c.m), f.lbChain(c.n), f.lbLocalChain(c.m), c.m > 0, masq)
+	case chainExternalNodePortLocal:
+		return fc.localExternalChain(f.externalLocalChain(true, c.n, c.m), f.lbNodePortChain(c.n), f.lbNodePortLocalChain(c.m), c.m > 0, masq)
 	}
-	// Local policy, as kube-proxy: pod traffic is short-circuited to all
-	// endpoints as if it had gone out to the load balancer and back; host
-	// traffic too, masqueraded since its source is a node address; the rest
-	// keeps its source and goes to a local endpoint, or on to the filter
-	// hooks' drop when there is none.
-	local := func(name, cluster, localChain string, m int) {
-		fb.localExternalChain(t, name, cluster, localChain, m > 0, masq)
-	}
-	for _, nm := range sortedPairs(fb.externalLocal) {
-		local(f.externalLocalChain(false, nm[0], nm[1]), f.lbChain(nm[0]), f.lbLocalChain(nm[1]), nm[1])
-	}
-	for _, nm := range sortedPairs(fb.externalNodePortLocal) {
-		local(f.externalLocalChain(true, nm[0], nm[1]), f.lbNodePortChain(nm[0]), f.lbNodePortLocalChain(nm[1]), nm[1])
-	}
+	panic(fmt.Sprintf("unknown chain kind %d", c.kind))
 }
 
 // localExternalChain adds a chain for external traffic with the Local
@@ -178,9 +184,9 @@ func (b *builder) addFamilyChains(t *nft.Table, fb *familyBuild, masq nft.Expr) 
 // host traffic too, masqueraded since its source is a node address; the
 // rest keeps its source and goes to a local endpoint (local), or on to the
 // filter hooks' drop when there is none.
-func (fb *familyBuild) localExternalChain(t *nft.Table, name, cluster, local string, hasLocal bool, masq nft.Expr) {
-	c := t.AddChain(&nft.Chain{Name: name})
-	for _, match := range fb.local.ifLocal() {
+func (fc *familyContext) localExternalChain(name, cluster, local string, hasLocal bool, masq nft.Expr) *nft.Chain {
+	c := &nft.Chain{Name: name}
+	for _, match := range fc.local.ifLocal() {
 		c.AddRuleWithComment("short-circuit pod traffic", append(match, nft.Goto(cluster))...)
 	}
 	c.AddRuleWithComment("masquerade local traffic", nft.FibSaddrLocal{}, masq)
@@ -188,4 +194,5 @@ func (fb *familyBuild) localExternalChain(t *nft.Table, name, cluster, local str
 	if hasLocal {
 		c.AddRule(nft.Goto(local))
 	}
+	return c
 }

@@ -59,11 +59,11 @@ func staleUDPFilters(prev, cur map[UDPDestination][]netip.AddrPort) []conntrack.
 
 // clearStaleUDP deletes the stale entries; a failure is logged, not fatal:
 // the rules are right, and the entries expire in time.
-func (p *Proxier) clearStaleUDP(logger klog.Logger, cur map[UDPDestination][]netip.AddrPort) {
+func (p *Proxier) clearStaleUDP(logger klog.Logger, filters []conntrack.Filter) {
 	if p.conntrack == nil {
 		return
 	}
-	for _, f := range staleUDPFilters(p.lastUDP, cur) {
+	for _, f := range filters {
 		n, err := p.conntrack.Delete(f)
 		if err != nil {
 			logger.Error(err, "Failed to delete stale UDP conntrack entries", "filter", f.String())
@@ -71,5 +71,4 @@ func (p *Proxier) clearStaleUDP(logger klog.Logger, cur map[UDPDestination][]net
 		}
 		logger.V(2).Info("Deleted stale UDP conntrack entries", "filter", f.String(), "entries", n)
 	}
-	p.lastUDP = cur
 }

@@ -27,8 +27,8 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 		noEndpoints = nft.Drop
 	}
 
-	if !fb.seenIPs[sp.clusterIP] {
-		fb.seenIPs[sp.clusterIP] = true
+	if !fb.seenIPs.has(sp.clusterIP) {
+		fb.seenIPs.add(sp.clusterIP)
 		fb.clusterIPs = append(fb.clusterIPs, nft.Element{Key: []nft.Datum{nft.Addr(sp.clusterIP)}})
 	}
 	if key, ok := fb.claimVIP(report, sp, sp.clusterIP); ok {
@@ -41,7 +41,7 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 			fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceLocalChain(), comment))
 		case sp.internalLocal:
-			fb.lbLocal[m] = true
+			fb.need(chainLBLocal, m, 0)
 			fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbLocalChain(m), comment))
 		case sp.affinity > 0:
@@ -50,7 +50,7 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceChain(), comment))
 		default:
-			fb.lb[n] = true
+			fb.need(chainLB, n, 0)
 			fb.serviceEndpoints = appendSlots(fb.serviceEndpoints, key, cluster)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbChain(n), comment))
 		}
@@ -65,11 +65,18 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 		return
 	}
 	id := addrPort{proto: sp.proto, port: sp.nodePort}
-	if fb.seenNodePorts[id] {
+	if fb.seenNodePorts.has(id) {
 		report("NodePortInUse", fmt.Sprintf("port %s: NodePort %d is used by another service port", comment, sp.nodePort))
 		return
 	}
-	fb.seenNodePorts[id] = true
+	fb.seenNodePorts.add(id)
+	claim := claimKey{proto: sp.proto, port: sp.nodePort, nodePort: true, ipv6: fb.f.ipv6}
+	fb.wants = append(fb.wants, claim)
+	if !fb.wins(claim) {
+		report("NodePortInUse", fmt.Sprintf("port %s: NodePort %d is used by another service port", comment, sp.nodePort))
+		return
+	}
+	fb.won.add(id)
 	key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
 	fb.addExternal(sp, key, true, cluster, local, hasEndpoints, hasExternal, noEndpoints)
 }
@@ -81,8 +88,8 @@ type externalSets struct {
 	dispatch, noEndpoints             *[]nft.Element
 	slots, localSlots                 *[]nft.Element
 	affinitySlots, affinityLocalSlots *[]nft.Element
-	lb, lbLocal, external             map[int]bool
-	externalLocal                     map[[2]int]bool
+	lb, lbLocal, external             chainKind
+	externalLocal                     chainKind
 }
 
 func (fb *familyBuild) externalSets(nodePort bool) externalSets {
@@ -91,14 +98,14 @@ func (fb *familyBuild) externalSets(nodePort bool) externalSets {
 			dispatch: &fb.nodePorts, noEndpoints: &fb.noEndpointNodePorts,
 			slots: &fb.nodePortEndpoints, localSlots: &fb.nodePortLocalEPs,
 			affinitySlots: &fb.affinityNodePortEPs, affinityLocalSlots: &fb.affinityNodePortLocalEPs,
-			lb: fb.lbNodePort, lbLocal: fb.lbNodePortLocal, external: fb.externalNodePort, externalLocal: fb.externalNodePortLocal,
+			lb: chainLBNodePort, lbLocal: chainLBNodePortLocal, external: chainExternalNodePort, externalLocal: chainExternalNodePortLocal,
 		}
 	}
 	return externalSets{
 		dispatch: &fb.serviceIPs, noEndpoints: &fb.noEndpointServices,
 		slots: &fb.serviceEndpoints, localSlots: &fb.serviceLocalEPs,
 		affinitySlots: &fb.affinityEPs, affinityLocalSlots: &fb.affinityLocalEPs,
-		lb: fb.lb, lbLocal: fb.lbLocal, external: fb.external, externalLocal: fb.externalLocal,
+		lb: chainLB, lbLocal: chainLBLocal, external: chainExternal, externalLocal: chainExternalLocal,
 	}
 }
 
@@ -119,18 +126,18 @@ func (fb *familyBuild) addExternal(sp *servicePort, key []nft.Datum, nodePort bo
 		}
 		*s.dispatch = append(*s.dispatch, vmapElement(key, a.externalTarget(nodePort, sp.externalLocal, m > 0), sp.String()))
 	case hasEndpoints:
-		s.lb[n] = true
+		fb.need(s.lb, n, 0)
 		*s.slots = appendSlots(*s.slots, key, cluster)
 		target := fb.f.externalChain(nodePort, n)
 		if sp.externalLocal {
 			target = fb.f.externalLocalChain(nodePort, n, m)
-			s.externalLocal[[2]int{n, m}] = true
+			fb.need(s.externalLocal, n, m)
 			if m > 0 {
-				s.lbLocal[m] = true
+				fb.need(s.lbLocal, m, 0)
 				*s.localSlots = appendSlots(*s.localSlots, key, local)
 			}
 		} else {
-			s.external[n] = true
+			fb.need(s.external, n, 0)
 		}
 		*s.dispatch = append(*s.dispatch, vmapElement(key, target, sp.String()))
 	}
@@ -140,14 +147,25 @@ func (fb *familyBuild) addExternal(sp *servicePort, key []nft.Datum, nodePort bo
 }
 
 // claimVIP returns the dispatch key of ip for the port, unless another
-// service port already has it.
+// service port has it: an earlier port of the service, or another service
+// that wants it and comes first by namespace/name.
 func (fb *familyBuild) claimVIP(report reporter, sp *servicePort, ip netip.Addr) ([]nft.Datum, bool) {
 	id := addrPort{ip, sp.proto, sp.port}
-	if fb.seenVIPs[id] {
+	inUse := func() {
 		report("AddressInUse", fmt.Sprintf("port %s: %s port %d is used by another service port", sp.String(), ip, sp.port))
+	}
+	if fb.seenVIPs.has(id) {
+		inUse()
 		return nil, false
 	}
-	fb.seenVIPs[id] = true
+	fb.seenVIPs.add(id)
+	claim := claimKey{addr: ip, proto: sp.proto, port: sp.port, ipv6: fb.f.ipv6}
+	fb.wants = append(fb.wants, claim)
+	if !fb.wins(claim) {
+		inUse()
+		return nil, false
+	}
+	fb.won.add(id)
 	return []nft.Datum{nft.Addr(ip), nft.Proto(sp.proto), nft.Port(sp.port)}, true
 }
 
@@ -176,10 +194,10 @@ func (fb *familyBuild) addHairpins(nodeName string, sp *servicePort, eps []endpo
 			continue
 		}
 		id := addrPort{ep.addr, sp.proto, ep.port}
-		if fb.hairpins[id] {
+		if fb.hairpins.has(id) {
 			continue
 		}
-		fb.hairpins[id] = true
+		fb.hairpins.add(id)
 		fb.hairpin = append(fb.hairpin, nft.Element{Key: []nft.Datum{nft.Addr(ep.addr), nft.Addr(ep.addr), nft.Proto(sp.proto), nft.Port(ep.port)}})
 	}
 }

@@ -28,13 +28,17 @@ func (fb *familyBuild) addFirewall(sp *servicePort, nodeIPs []netip.Addr, nodePo
 		}
 	}
 	for _, ip := range sp.lbIPs {
+		// Only the service port that has the address protects it.
+		if !fb.won.has(addrPort{ip, sp.proto, sp.port}) {
+			continue
+		}
 		key := []nft.Datum{nft.Addr(ip), nft.Proto(sp.proto), nft.Port(sp.port)}
 		fb.firewallIPs = append(fb.firewallIPs, nft.Element{Key: key, Comment: sp.String()})
 		for _, p := range uniquePrefixes(allowed) {
 			fb.firewallAllow = append(fb.firewallAllow, nft.Element{Key: append(key[:3:3], nft.Prefix(p))})
 		}
 	}
-	if nodePortsToo && sp.nodePort != 0 {
+	if nodePortsToo && sp.nodePort != 0 && fb.won.has(addrPort{proto: sp.proto, port: sp.nodePort}) {
 		key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
 		fb.firewallNodePorts = append(fb.firewallNodePorts, nft.Element{Key: key, Comment: sp.String()})
 		for _, p := range uniquePrefixes(sp.sourceRanges) {

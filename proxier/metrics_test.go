@@ -42,6 +42,7 @@ kubeproxy_sync_proxy_rules_service_changes_total 1
 # HELP kubeproxy_sync_proxy_rules_no_local_endpoints_total Number of services with a Local traffic policy and no endpoints
 # TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge
 kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1
+kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 0
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected),
 		"kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_service_changes_total",

@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -117,7 +119,7 @@ func TestTrafficPoliciesWithPackets(t *testing.T) {
 					t.Fatalf("pod %s saw %s, want the client's own %s", r.Pod, r.Client.Addr(), clientIP)
 				}
 			}
-			if got, want := fmt.Sprint(sortedKeys(seen)), fmt.Sprint(ck.pods); got != want {
+			if got, want := fmt.Sprint(slices.Sorted(maps.Keys(seen))), fmt.Sprint(ck.pods); got != want {
 				t.Errorf("reached %s, want %s", got, want)
 			}
 		})

@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
 
+	"github.com/nftproxy/nftproxy/conntrack"
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
@@ -34,12 +36,20 @@ type Proxier struct {
 	mu             sync.Mutex
 	services       map[types.NamespacedName]*v1.Service
 	endpointSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
-	serviceCIDRs   map[string]*networkingv1.ServiceCIDR
-	node           *v1.Node
-	localAddrs     []netip.Addr
+	// slicesOf indexes the EndpointSlices by the service they belong to.
+	slicesOf     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
+	serviceCIDRs map[string]*networkingv1.ServiceCIDR
+	node         *v1.Node
+	localAddrs   []netip.Addr
 	// Changes recorded since the last sync, for the sync's log line.
 	serviceChanges, sliceChanges int
-	fullPending                  bool
+	// dirty are the services whose objects changed since the last sync;
+	// rebuild is set when something every service depends on changed
+	// (node, ServiceCIDRs, local addresses); checkPending when the kernel
+	// is to be checked (periodic resync, foreign change).
+	dirty        map[types.NamespacedName]bool
+	rebuild      bool
+	checkPending bool
 	// oldestQueued is when the oldest change not yet applied was recorded;
 	// lastSynced when a sync last succeeded (health).
 	oldestQueued, lastSynced time.Time
@@ -49,8 +59,6 @@ type Proxier struct {
 	conntrack    Conntrack
 	metrics      *Metrics
 	recorder     record.EventRecorder
-	// lastProblems are the problems already reported with an Event.
-	lastProblems map[Problem]bool
 	// triggers are the last-change-trigger-time annotations of the
 	// EndpointSlices recorded since the last sync (network programming
 	// latency); families the ip_family labels of the last sync.
@@ -58,9 +66,10 @@ type Proxier struct {
 	families []string
 
 	// Owned by the sync worker.
-	have     *nft.Table // what the kernel holds, as last committed; nil = unknown
+	state    *tableState // what the kernel holds, as last committed; nil = unknown
 	lastSync time.Time
-	lastUDP  map[UDPDestination][]netip.AddrPort // UDP endpoints as last applied
+	// reported are the problems already sent as Events, by service.
+	reported map[types.NamespacedName][]Problem
 }
 
 // ServiceHealthServer serves the health check ports of services with
@@ -89,7 +98,10 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 		kernel:         kernel,
 		services:       map[types.NamespacedName]*v1.Service{},
 		endpointSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
+		slicesOf:       map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
 		serviceCIDRs:   map[string]*networkingv1.ServiceCIDR{},
+		dirty:          map[types.NamespacedName]bool{},
+		reported:       map[types.NamespacedName][]Problem{},
 		// A failed apply is retried with exponential backoff, from half a
 		// second up to the sync period.
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -129,20 +141,57 @@ func (p *Proxier) familiesOrDefault() []string {
 
 // SetService records a Service (added or updated).
 func (p *Proxier) SetService(svc *v1.Service) {
+	key := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	p.record(&p.serviceChanges, func() {
-		p.services[types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}] = svc
+		p.services[key] = svc
+		p.dirty[key] = true
 	})
 }
 
 // DeleteService forgets a Service.
 func (p *Proxier) DeleteService(key types.NamespacedName) {
-	p.record(&p.serviceChanges, func() { delete(p.services, key) })
+	p.record(&p.serviceChanges, func() {
+		delete(p.services, key)
+		p.dirty[key] = true
+	})
+}
+
+// serviceOf returns the service an EndpointSlice belongs to; ok is false
+// when its label does not say.
+func serviceOf(s *discoveryv1.EndpointSlice) (types.NamespacedName, bool) {
+	name := s.Labels[discoveryv1.LabelServiceName]
+	return types.NamespacedName{Namespace: s.Namespace, Name: name}, name != ""
+}
+
+// unindexSlice drops a slice from the index; p.mu is held.
+func (p *Proxier) unindexSlice(key types.NamespacedName) {
+	old := p.endpointSlices[key]
+	if old == nil {
+		return
+	}
+	if svc, ok := serviceOf(old); ok {
+		delete(p.slicesOf[svc], key.Name)
+		if len(p.slicesOf[svc]) == 0 {
+			delete(p.slicesOf, svc)
+		}
+		p.dirty[svc] = true
+	}
+	delete(p.endpointSlices, key)
 }
 
 // SetEndpointSlice records an EndpointSlice (added or updated).
 func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
+	key := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
 	p.record(&p.sliceChanges, func() {
-		p.endpointSlices[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+		p.unindexSlice(key)
+		p.endpointSlices[key] = s
+		if svc, ok := serviceOf(s); ok {
+			if p.slicesOf[svc] == nil {
+				p.slicesOf[svc] = map[string]*discoveryv1.EndpointSlice{}
+			}
+			p.slicesOf[svc][key.Name] = s
+			p.dirty[svc] = true
+		}
 		// The EndpointSlice controller stamps when the change that led to
 		// this slice happened: network programming latency starts there.
 		if t, err := time.Parse(time.RFC3339Nano, s.Annotations[v1.EndpointsLastChangeTriggerTime]); err == nil {
@@ -153,45 +202,66 @@ func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
 
 // DeleteEndpointSlice forgets an EndpointSlice.
 func (p *Proxier) DeleteEndpointSlice(key types.NamespacedName) {
-	p.record(&p.sliceChanges, func() { delete(p.endpointSlices, key) })
+	p.record(&p.sliceChanges, func() { p.unindexSlice(key) })
 }
 
 // SetServiceCIDR records a ServiceCIDR (added or updated).
 func (p *Proxier) SetServiceCIDR(c *networkingv1.ServiceCIDR) {
-	p.record(nil, func() { p.serviceCIDRs[c.Name] = c })
+	p.record(nil, func() {
+		p.serviceCIDRs[c.Name] = c
+		p.rebuild = true
+	})
 }
 
 // DeleteServiceCIDR forgets a ServiceCIDR.
 func (p *Proxier) DeleteServiceCIDR(name string) {
-	p.record(nil, func() { delete(p.serviceCIDRs, name) })
+	p.record(nil, func() {
+		delete(p.serviceCIDRs, name)
+		p.rebuild = true
+	})
 }
 
 // SetLocalAddrs records the host's interface addresses, the candidates for
 // --nodeport-addresses CIDRs, so NodePorts follow address changes without a
 // restart.
 func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
-	p.record(nil, func() { p.localAddrs = slices.Clone(addrs) })
+	p.mu.Lock()
+	same := p.localAddrs != nil && slices.Equal(p.localAddrs, addrs)
+	p.mu.Unlock()
+	if same {
+		return
+	}
+	p.record(nil, func() {
+		p.localAddrs = slices.Clone(addrs)
+		p.rebuild = true
+	})
 }
 
 // WithEventRecorder makes the proxier send a Warning Event to a Service
 // when part of it cannot be programmed (once per problem, not per sync).
 func WithEventRecorder(r record.EventRecorder) Option { return func(p *Proxier) { p.recorder = r } }
 
-// reportProblems sends Events for problems not reported before.
-func (p *Proxier) reportProblems(problems []Problem) {
-	if p.recorder == nil {
-		return
-	}
-	seen := make(map[Problem]bool, len(problems))
-	for _, pr := range problems {
-		seen[pr] = true
-		if p.lastProblems[pr] {
+// reportProblems sends Events for the problems of the rebuilt services
+// that were not reported before, and remembers what each has.
+func (p *Proxier) reportProblems(problems map[types.NamespacedName][]Problem) {
+	for k, now := range problems {
+		before := p.reported[k]
+		if len(now) == 0 {
+			delete(p.reported, k)
+		} else {
+			p.reported[k] = now
+		}
+		if p.recorder == nil {
 			continue
 		}
-		ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: pr.Service.Namespace, Name: pr.Service.Name}
-		p.recorder.Event(ref, v1.EventTypeWarning, pr.Reason, pr.Message)
+		for _, pr := range now {
+			if slices.Contains(before, pr) {
+				continue
+			}
+			ref := &v1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: pr.Service.Namespace, Name: pr.Service.Name}
+			p.recorder.Event(ref, v1.EventTypeWarning, pr.Reason, pr.Message)
+		}
 	}
-	p.lastProblems = seen
 }
 
 // ForeignChange records that another process changed nftproxy's table
@@ -201,14 +271,36 @@ func (p *Proxier) reportProblems(problems []Problem) {
 func (p *Proxier) ForeignChange(logger klog.Logger, c nft.Change) {
 	logger.Info("Another process changed the nftproxy table; checking it", "process", c.Process, "changes", c.What)
 	p.mu.Lock()
-	p.fullPending = true
+	p.checkPending = true
 	p.mu.Unlock()
 	p.queue.Add(syncKey)
 }
 
-// SetNode records this node (nil when it was deleted).
+// SetNode records this node (nil when it was deleted). The node's status
+// is updated often; only a change to what rules depend on (addresses, pod
+// CIDRs, zone) rebuilds them.
 func (p *Proxier) SetNode(node *v1.Node) {
-	p.record(nil, func() { p.node = node })
+	p.mu.Lock()
+	same := p.node != nil && node != nil && sameNodeInputs(p.node, node)
+	if same {
+		p.node = node
+	}
+	p.mu.Unlock()
+	if same {
+		return
+	}
+	p.record(nil, func() {
+		p.node = node
+		p.rebuild = true
+	})
+}
+
+// sameNodeInputs reports whether two versions of the node give the same
+// rules.
+func sameNodeInputs(a, b *v1.Node) bool {
+	return a.Labels[v1.LabelTopologyZone] == b.Labels[v1.LabelTopologyZone] &&
+		a.Spec.PodCIDR == b.Spec.PodCIDR && slices.Equal(a.Spec.PodCIDRs, b.Spec.PodCIDRs) &&
+		slices.Equal(a.Status.Addresses, b.Status.Addresses)
 }
 
 // requeued puts back the wait of changes a failed sync did not apply.
@@ -245,7 +337,7 @@ func (p *Proxier) Run(ctx context.Context) {
 				return
 			case <-t.C:
 				p.mu.Lock()
-				p.fullPending = true
+				p.checkPending = true
 				p.mu.Unlock()
 				p.queue.Add(syncKey)
 			}
@@ -277,8 +369,10 @@ func (p *Proxier) processNext(ctx context.Context) bool {
 	return true
 }
 
-// Sync builds the wanted table from the recorded objects and applies the
-// difference to what the kernel holds. On failure the kernel keeps its
+// Sync applies the recorded changes to the kernel: it rebuilds the rules
+// of the services that changed and applies the difference, or, on the
+// first sync, after a failure and when something every service depends on
+// changed, rebuilds the whole table. On failure the kernel keeps its
 // previous table, and the next sync replaces the whole table, since after
 // some failures nftproxy cannot know what the kernel holds.
 func (p *Proxier) Sync(ctx context.Context) error {
@@ -293,69 +387,197 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.oldestQueued = time.Time{}
 	triggers := p.triggers
 	p.triggers = nil
-	cfg := p.cfg
-	if p.localAddrs != nil {
-		cfg.LocalAddrs = p.localAddrs
-	}
-	st := State{Node: p.node}
-	for _, s := range p.services {
-		st.Services = append(st.Services, s)
-	}
-	for _, s := range p.endpointSlices {
-		st.EndpointSlices = append(st.EndpointSlices, s)
-	}
-	for _, c := range p.serviceCIDRs {
-		st.ServiceCIDRs = append(st.ServiceCIDRs, c)
-	}
-	full := p.fullPending || p.have == nil
-	p.fullPending = false
+	check := p.checkPending && p.state != nil
+	full := p.state == nil || p.rebuild
+	p.checkPending, p.rebuild = false, false
 	svcChanges, sliceChanges := p.serviceChanges, p.sliceChanges
 	p.serviceChanges, p.sliceChanges = 0, 0
+	var in syncInput
+	if full {
+		in = p.allObjects()
+	} else {
+		in = p.dirtyObjects()
+	}
+	clear(p.dirty)
 	p.mu.Unlock()
-	// Map order does not matter: Build sorts what it reads.
-	rules := BuildRules(logger, cfg, st)
-	want := rules.Table
-	if full && p.have != nil {
-		ok, err := p.kernel.Check(ctx, p.have)
+
+	if check {
+		ok, err := p.kernel.Check(ctx, p.state.assemble(false, true).Table)
 		if err != nil || !ok {
 			logger.Info("Kernel table differs from what was committed; replacing it", "err", err)
-			p.have = nil
+			p.state = nil
 			p.metrics.repaired()
+			if !full {
+				full = true
+				p.mu.Lock()
+				in = p.allObjects()
+				p.mu.Unlock()
+			}
 		}
 	}
-	plan := nft.Diff(p.have, want)
-	if err := p.kernel.Apply(ctx, plan); err != nil {
-		p.have = nil
+	var res syncResult
+	if !full {
+		var ok bool
+		res, ok = p.syncPartial(logger, in)
+		if !ok {
+			logger.V(2).Info("Change reaches beyond the services; rebuilding the whole table")
+			full = true
+			p.mu.Lock()
+			in = p.allObjects()
+			p.mu.Unlock()
+		}
+	}
+	if full {
+		res = p.syncFull(logger, in)
+	}
+	if err := p.kernel.Apply(ctx, res.plan); err != nil {
+		p.state = nil
 		p.requeued(queued)
 		p.mu.Lock()
 		p.triggers = append(triggers, p.triggers...)
 		p.mu.Unlock()
-		p.metrics.syncFailed(familyLabels(rules))
+		p.metrics.syncFailed(res.state.familyLabels())
 		return fmt.Errorf("sync rules: %w", err)
 	}
-	p.have = plan.Committed()
+	p.state = res.state
 	now := time.Now()
 	p.mu.Lock()
 	p.lastSynced = now
-	p.families = familyLabels(rules)
+	p.families = p.state.familyLabels()
 	p.mu.Unlock()
-	p.metrics.synced(p.families, now.Sub(start), plan.Replace, triggers, now, rules.NoLocalEndpoints)
+	noLocal := map[string]int{"internal": p.state.noLocal[0], "external": p.state.noLocal[1]}
+	p.metrics.synced(p.families, now.Sub(start), full, triggers, now, noLocal)
 	if p.healthChecks != nil {
-		p.healthChecks.Sync(rules.NodePortAddresses, rules.HealthChecks)
+		p.healthChecks.Sync(p.state.nodePortAddrs(), maps.Clone(p.state.health))
 	}
-	p.clearStaleUDP(logger, rules.UDPEndpoints)
-	p.reportProblems(rules.Problems)
+	p.clearStaleUDP(logger, res.staleUDP)
+	p.reportProblems(res.problems)
 	// Stale chains were flushed, not deleted; the next sync, whatever
 	// starts it (at the latest the periodic one), deletes them. A sync of
 	// their own would hold back the next change by MinSyncPeriod.
-	stats, counts := plan.Stats(), want.Count()
-	logger.V(2).Info("Synced rules", "elapsed", time.Since(start), "replace", plan.Replace,
+	stats := res.plan.Stats()
+	logger.V(2).Info("Synced rules", "elapsed", time.Since(start), "full", full, "replace", res.plan.Replace,
 		"serviceChanges", svcChanges, "endpointSliceChanges", sliceChanges,
-		"services", len(st.Services), "chains", counts.Chains, "elements", counts.Elements,
+		"services", len(p.state.frags), "servicesRebuilt", res.rebuilt,
 		"elementsAdded", stats.ElementsAdded, "elementsDeleted", stats.ElementsDeleted,
 		"chainsFlushed", stats.ChainsFlushed, "rulesAdded", stats.RulesAdded)
 	if logger.V(9).Enabled() {
-		logger.V(9).Info("Applied transaction", "plan", plan.String())
+		logger.V(9).Info("Applied transaction", "plan", res.plan.String())
 	}
 	return nil
+}
+
+// syncInput is what a sync reads of the recorded objects.
+type syncInput struct {
+	cfg Config
+	// For a full sync, every object; for a partial one, the services
+	// that changed (nil: deleted) and their slices.
+	state    State
+	services map[types.NamespacedName]*v1.Service
+}
+
+// syncResult is a sync's transaction and what it changes besides.
+type syncResult struct {
+	plan     *nft.Plan
+	state    *tableState
+	problems map[types.NamespacedName][]Problem
+	staleUDP []conntrack.Filter
+	rebuilt  int
+}
+
+func (p *Proxier) config() Config {
+	cfg := p.cfg
+	if p.localAddrs != nil {
+		cfg.LocalAddrs = p.localAddrs
+	}
+	return cfg
+}
+
+// allObjects returns every recorded object; p.mu is held. Map order does
+// not matter: the build sorts what it reads.
+func (p *Proxier) allObjects() syncInput {
+	in := syncInput{cfg: p.config(), state: State{Node: p.node}}
+	for _, s := range p.services {
+		in.state.Services = append(in.state.Services, s)
+	}
+	for _, s := range p.endpointSlices {
+		in.state.EndpointSlices = append(in.state.EndpointSlices, s)
+	}
+	for _, c := range p.serviceCIDRs {
+		in.state.ServiceCIDRs = append(in.state.ServiceCIDRs, c)
+	}
+	return in
+}
+
+// dirtyObjects returns the services that changed; p.mu is held. Their
+// slices are read by slicesFor as the build needs them: a service rebuilt
+// because another took or freed an address it wants needs its slices too.
+func (p *Proxier) dirtyObjects() syncInput {
+	in := syncInput{cfg: p.config(), services: map[types.NamespacedName]*v1.Service{}}
+	for k := range p.dirty {
+		in.services[k] = p.services[k]
+	}
+	return in
+}
+
+// slicesFor returns the slices of a service, sorted by name so builds do
+// not depend on map order.
+func (p *Proxier) slicesFor(k types.NamespacedName) []*discoveryv1.EndpointSlice {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := p.slicesOf[k]
+	out := make([]*discoveryv1.EndpointSlice, 0, len(m))
+	for _, name := range slices.Sorted(maps.Keys(m)) {
+		out = append(out, m[name])
+	}
+	return out
+}
+
+// syncFull rebuilds the whole table and diffs it against the last
+// committed one, or replaces the kernel's table when that is unknown.
+func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
+	ts := newTableState(newBuilder(logger, in.cfg, in.state.Node, in.state.ServiceCIDRs))
+	ts.addAll(in.state.Services, groupSlices(logger, in.state.EndpointSlices))
+	want := ts.assemble(true, false).Table
+	res := syncResult{state: ts, problems: map[types.NamespacedName][]Problem{}, rebuilt: len(ts.frags)}
+	var have *nft.Table
+	var prevUDP map[UDPDestination][]netip.AddrPort
+	if p.state != nil {
+		have = p.state.assemble(true, true).Table
+		prevUDP = p.state.udpEndpoints()
+	}
+	res.plan = nft.Diff(have, want)
+	// The chains the plan flushed rather than deleted: the next plan
+	// deletes them.
+	if c := res.plan.Committed(); c != nil {
+		for _, ch := range c.Chains {
+			if want.Chain(ch.Name) == nil {
+				ts.stale = append(ts.stale, ch)
+			}
+		}
+	}
+	for k, f := range ts.frags {
+		res.problems[k] = f.problems
+	}
+	for k := range p.reported {
+		if _, ok := res.problems[k]; !ok {
+			res.problems[k] = nil
+		}
+	}
+	res.staleUDP = staleUDPFilters(prevUDP, ts.udpEndpoints())
+	return res
+}
+
+// syncPartial rebuilds the services that changed; ok is false when the
+// change needs a full rebuild.
+func (p *Proxier) syncPartial(logger klog.Logger, in syncInput) (syncResult, bool) {
+	ts := p.state
+	ts.b.logger = logger
+	pt, ch, ok := ts.update(in.services, p.slicesFor)
+	if !ok {
+		p.state = nil
+		return syncResult{}, false
+	}
+	return syncResult{plan: pt.Plan(nft.FamilyINet, TableName), state: ts, problems: ch.problems,
+		staleUDP: ch.staleUDP, rebuilt: ch.services}, true
 }

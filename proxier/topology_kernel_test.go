@@ -2,6 +2,8 @@ package proxier
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,7 +63,7 @@ func TestTopologyAndTerminatingWithPackets(t *testing.T) {
 				return
 			}
 			pods, _ := spread(t, from, vipPort(tc.ip, 80), 40)
-			if got, want := fmt.Sprint(sortedKeys(boolSet(pods))), fmt.Sprint(tc.want); got != want {
+			if got, want := fmt.Sprint(slices.Sorted(maps.Keys(boolSet(pods)))), fmt.Sprint(tc.want); got != want {
 				t.Errorf("reached %s, want %s", got, want)
 			}
 		})
