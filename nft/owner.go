@@ -75,7 +75,7 @@ func WithOwnership(o Ownership) KernelOption { return func(k *Kernel) { k.owners
 
 // ErrTableOwned is wrapped by errors about a table that another live netlink
 // socket owns: only that process can change or delete it, until it exits.
-var ErrTableOwned = errors.New("table is owned by another process")
+var ErrTableOwned = errors.New("owned by another process")
 
 // tableState is what the kernel reports about a table's ownership.
 type tableState struct {
@@ -158,8 +158,8 @@ func (k *Kernel) checkNotOwnedByOther(st tableState, family Family, name string)
 	if st.owner == self {
 		return nil
 	}
-	return fmt.Errorf("%w: table %s %s belongs to netlink port %d (a running nftproxy?); it alone can change or delete the table until it exits",
-		ErrTableOwned, family, name, st.owner)
+	return fmt.Errorf("table %s %s is %w: netlink port %d (a running nftproxy?) alone can change or delete it until it exits",
+		family, name, ErrTableOwned, st.owner)
 }
 
 // keepable reports whether an existing table object can take the Kernel's
