@@ -263,7 +263,7 @@ func (k *Kernel) CheckOwnership() error {
 		tableMessage(name, k.ownership.flags(), netlink.Excl),
 		{msg: netlink.Message{
 			Header: netlink.Header{Type: tableMsgType(unix.NFT_MSG_DELTABLE), Flags: netlink.Request},
-			Data:   append(nfgenHeader(), mustEncodeName(name)...),
+			Data:   append(nfgenHeader(), tableNameAttr(name)...),
 		}, what: "delete table " + name},
 	}
 	err := k.t.send(msgs)
@@ -276,7 +276,8 @@ func (k *Kernel) CheckOwnership() error {
 	return nil
 }
 
-func mustEncodeName(name string) []byte {
+// tableNameAttr returns the encoded NFTA_TABLE_NAME attribute.
+func tableNameAttr(name string) []byte {
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_TABLE_NAME, name)
 	b, _ := ae.Encode()
