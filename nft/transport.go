@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -33,26 +34,95 @@ const ackTimeout = 10 * time.Second
 // (an ack skb takes well under 1 KiB of buffer).
 const ackBytesPerMessage = 1024
 
+// transport sends transactions over one netlink socket, opened on first
+// use and kept for the Kernel's lifetime. One socket matters for owned tables
+// (owner.go): the kernel lets only the socket that owns a table change it,
+// and releases the table when that socket closes.
 type transport struct {
 	netns int // network namespace fd, or -1 for the current one
 	// readBuffer overrides the receive buffer size (tests use it to provoke
 	// ENOBUFS); 0 sizes it from the batch.
 	readBuffer int
+
+	mu   sync.Mutex
+	conn *netlink.Conn // nil until the first send, and after close
 }
 
-// send sends msgs as one batch, in one sendmsg, and waits for the kernel's
-// verdict on each message.
-func (t transport) send(msgs []message) error {
+// socket returns the open socket, opening it if needed. t.mu must be held.
+func (t *transport) socket() (*netlink.Conn, error) {
+	if t.conn != nil {
+		return t.conn, nil
+	}
 	cfg := &netlink.Config{}
 	if t.netns >= 0 {
 		cfg.NetNS = t.netns
 	}
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
-		return fmt.Errorf("open netlink socket: %w", err)
+		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
-	defer conn.Close()
+	t.conn = conn
+	return conn, nil
+}
 
+// portID returns the netlink port id of the socket, opening it if needed:
+// the id the kernel records as the owner of tables it creates.
+func (t *transport) portID() (uint32, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	conn, err := t.socket()
+	if err != nil {
+		return 0, err
+	}
+	return conn.PID(), nil
+}
+
+// close closes the socket; the next send opens a new one.
+func (t *transport) close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closeLocked()
+}
+
+func (t *transport) closeLocked() error {
+	if t.conn == nil {
+		return nil
+	}
+	err := t.conn.Close()
+	t.conn = nil
+	return err
+}
+
+// send sends msgs as one batch, in one sendmsg, and waits for the kernel's
+// verdict on each message.
+func (t *transport) send(msgs []message) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	conn, err := t.socket()
+	if err != nil {
+		return err
+	}
+	broken, err := t.sendOn(conn, msgs)
+	if broken {
+		// The socket is in a state we do not understand: start afresh. For
+		// an owned table this releases it (owner.go); the next transaction
+		// claims it again. After other errors the socket stays: the next
+		// send drains whatever answers are left on it.
+		_ = t.closeLocked()
+	}
+	return err
+}
+
+// sendOn sends the batch on conn. broken reports an error after which the
+// socket should not be used again.
+func (t *transport) sendOn(conn *netlink.Conn, msgs []message) (broken bool, err error) {
+	// Answers left over from an earlier transaction (after lost acks or a
+	// timeout) would be taken for answers to this one. The kernel answers
+	// a batch within the sendmsg that carries it, so all of them are queued
+	// by now.
+	if err := drain(conn); err != nil {
+		return true, fmt.Errorf("drain netlink socket: %w", err)
+	}
 	batch := make([]netlink.Message, 0, len(msgs)+2)
 	batch = append(batch, batchMarker(unix.NFNL_MSG_BATCH_BEGIN))
 	size := 2 * 20
@@ -70,22 +140,22 @@ func (t transport) send(msgs []message) error {
 	// larger than the send buffer with EMSGSIZE. Setting it needs
 	// SO_SNDBUFFORCE (CAP_NET_ADMIN) past wmem_max; the library tries that.
 	if err := conn.SetWriteBuffer(size + 64<<10); err != nil {
-		return fmt.Errorf("set netlink send buffer to %d bytes: %w", size, err)
+		return true, fmt.Errorf("set netlink send buffer to %d bytes: %w", size, err)
 	}
 	rb := t.readBuffer
 	if rb == 0 {
 		rb = max(1<<20, ackBytesPerMessage*len(msgs))
 	}
 	if err := conn.SetReadBuffer(rb); err != nil {
-		return fmt.Errorf("set netlink receive buffer to %d bytes: %w", rb, err)
+		return true, fmt.Errorf("set netlink receive buffer to %d bytes: %w", rb, err)
 	}
 
 	if _, err := conn.SendMessages(batch); err != nil {
 		// Nothing reached the kernel's transaction code.
-		return fmt.Errorf("send batch of %d messages (%d bytes): %w", len(msgs), size, err)
+		return false, fmt.Errorf("send batch of %d messages (%d bytes): %w", len(msgs), size, err)
 	}
 	if err := conn.SetReadDeadline(time.Now().Add(ackTimeout)); err != nil {
-		return fmt.Errorf("set netlink read deadline: %w", err)
+		return true, fmt.Errorf("%w: set netlink read deadline: %w", ErrOutcomeUnknown, err)
 	}
 	var refused []error
 	for i := range msgs {
@@ -94,26 +164,53 @@ func (t transport) send(msgs []message) error {
 			continue
 		}
 		if errors.Is(err, unix.ENOBUFS) {
-			return fmt.Errorf("%w: kernel answers overflowed the receive buffer after message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+			return false, fmt.Errorf("%w: kernel answers overflowed the receive buffer after message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if len(refused) > 0 {
 				break
 			}
-			return fmt.Errorf("%w: no answer for message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+			return false, fmt.Errorf("%w: no answer for message %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
 		}
 		var opErr *netlink.OpError
 		if !errors.As(err, &opErr) {
-			return fmt.Errorf("%w: read answer %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
+			return true, fmt.Errorf("%w: read answer %d of %d: %w", ErrOutcomeUnknown, i, len(msgs), err)
 		}
 		refused = append(refused, fmt.Errorf("%s: %w", msgs[i].what, err))
 	}
 	if len(refused) > 0 {
 		// The kernel aborted the transaction: nothing of it was applied. Later
 		// errors are often consequences of the first.
-		return &RefusedError{Errs: refused}
+		return false, &RefusedError{Errs: refused}
 	}
-	return nil
+	return false, nil
+}
+
+// drain discards the messages queued on the socket without blocking, and a
+// pending ENOBUFS.
+func drain(conn *netlink.Conn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var readErr error
+	// Datagrams longer than buf are truncated, which discards them just as
+	// well.
+	var buf [512]byte
+	err = rc.Control(func(fd uintptr) {
+		for {
+			_, _, err := unix.Recvfrom(int(fd), buf[:], unix.MSG_DONTWAIT)
+			switch err {
+			case nil, unix.ENOBUFS, unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return
+			}
+			readErr = err
+			return
+		}
+	})
+	return errors.Join(err, readErr)
 }
 
 func batchMarker(typ uint16) netlink.Message {

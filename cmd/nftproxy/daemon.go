@@ -39,6 +39,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
 	healthzAddr := fs.String("healthz-bind-address", "0.0.0.0:10256", "address of /healthz, /livez and /readyz (empty: none)")
 	metricsAddr := fs.String("metrics-bind-address", "127.0.0.1:10249", "address of /metrics, kube-proxy's metrics (empty: none)")
+	tableOwner := tableOwnerFlag(fs)
 	return func(ctx context.Context) error {
 		nodeName := *hostname
 		if nodeName == "" {
@@ -77,7 +78,11 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		defer health.Close()
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		kernel := nft.NewKernel()
+		kernel := nft.NewKernel(kernelOptions(*tableOwner)...)
+		defer kernel.Close()
+		if err := kernel.CheckOwnership(); err != nil {
+			return fmt.Errorf("--table-owner: %w", err)
+		}
 		p, err = proxier.New(cfg, kernel, proxier.WithServiceHealthServer(health),
 			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)),
 			proxier.WithEventRecorder(recorder))

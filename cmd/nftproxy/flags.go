@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier"
 )
 
@@ -110,4 +111,19 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// tableOwnerFlag is --table-owner, taken by the daemon only: a command that
+// exits at once would only release the table again.
+func tableOwnerFlag(fs *flag.FlagSet) *bool {
+	return fs.Bool("table-owner", false, "own nftproxy's nftables table (Linux 6.9+): while nftproxy runs, other processes cannot change or delete it; it stays across restarts and the next nftproxy takes it over (see SECURITY.md)")
+}
+
+// kernelOptions returns the options of the daemon's nft.Kernel.
+func kernelOptions(tableOwner bool) []nft.KernelOption {
+	if !tableOwner {
+		return nil
+	}
+	// Owner without persist would delete the table at every restart.
+	return []nft.KernelOption{nft.WithOwnership(nft.OwnedPersistent)}
 }
