@@ -41,6 +41,14 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 	svcInformer := factory.Core().V1().Services().Informer()
 	sliceInformer := sliceFactory.Discovery().V1().EndpointSlices().Informer()
 	nodeInformer := nodeFactory.Core().V1().Nodes().Informer()
+	for _, t := range []struct {
+		informer  cache.SharedIndexInformer
+		transform cache.TransformFunc
+	}{{svcInformer, transformService}, {sliceInformer, transformEndpointSlice}, {nodeInformer, transformNode}} {
+		if err := t.informer.SetTransform(t.transform); err != nil {
+			return fmt.Errorf("set informer transform: %w", err)
+		}
+	}
 	handlers := []struct {
 		informer cache.SharedIndexInformer
 		set      func(obj any)

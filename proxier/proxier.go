@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"time"
@@ -21,6 +22,10 @@ import (
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier/healthcheck"
 )
+
+// releaseAfter is the number of services from which a full sync returns
+// its garbage to the operating system at once.
+const releaseAfter = 1000
 
 // syncKey is the only workqueue key: every change asks for the same sync,
 // so bursts coalesce into one.
@@ -452,6 +457,13 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	p.clearStaleUDP(logger, res.staleUDP)
 	p.reportProblems(res.problems)
+	if full && len(p.state.frags) >= releaseAfter {
+		// A full sync of a large table allocates several times what the
+		// daemon keeps (the whole table assembled twice, its netlink
+		// messages); give it back now rather than keep it as resident
+		// memory until the runtime's scavenger gets to it.
+		debug.FreeOSMemory()
+	}
 	// Stale chains were flushed, not deleted; the next sync, whatever
 	// starts it (at the latest the periodic one), deletes them. A sync of
 	// their own would hold back the next change by MinSyncPeriod.
