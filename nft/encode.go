@@ -304,7 +304,7 @@ func intervalEnd(d Datum) ([]byte, bool) {
 	var last []byte
 	switch d.kind {
 	case datumPrefix:
-		last = d.addr.AsSlice()
+		last = d.ip().AsSlice()
 		for i := int(d.num); i < len(last)*8; i++ {
 			last[i/8] |= 0x80 >> (i % 8)
 		}

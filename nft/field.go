@@ -132,9 +132,9 @@ func (f Field) accepts(d Datum, interval bool) bool {
 		want6 := f.ipFamily() == 6
 		switch d.kind {
 		case datumAddr:
-			return d.addr.Is6() == want6 && !d.addr.Is4In6()
+			return d.ip().Is6() == want6 && !d.ip().Is4In6()
 		case datumPrefix:
-			return interval && d.addr.Is6() == want6
+			return interval && d.ip().Is6() == want6
 		}
 		return false
 	case fieldL4Proto:
@@ -170,19 +170,37 @@ const (
 
 // Datum is one typed value: an element key or data component, or the right
 // side of a match. Datums are comparable.
+//
+// A Datum holds no pointer (an address is kept as its 16 bytes, not as a
+// netip.Addr, which points to its zone): tables hold hundreds of thousands
+// of them, and the garbage collector need not scan them.
 type Datum struct {
-	kind datumKind
-	addr netip.Addr // addresses, and prefixes (masked; num is the length)
+	a    [16]byte // addresses, and prefixes (masked; num is the length)
 	num  uint32
+	kind datumKind
+	v4   bool
 }
 
 // Addr is an IPv4 or IPv6 address.
-func Addr(a netip.Addr) Datum { return Datum{kind: datumAddr, addr: a.Unmap()} }
+func Addr(a netip.Addr) Datum { return addrDatum(datumAddr, a, 0) }
+
+func addrDatum(kind datumKind, a netip.Addr, num uint32) Datum {
+	a = a.Unmap()
+	return Datum{kind: kind, a: a.As16(), v4: a.Is4(), num: num}
+}
+
+// ip returns an address or prefix datum's address.
+func (d Datum) ip() netip.Addr {
+	if d.v4 {
+		return netip.AddrFrom4([4]byte(d.a[12:]))
+	}
+	return netip.AddrFrom16(d.a)
+}
 
 // Prefix is an address prefix (a CIDR).
 func Prefix(p netip.Prefix) Datum {
 	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p)).Masked()
-	return Datum{kind: datumPrefix, addr: p.Addr(), num: uint32(p.Bits())}
+	return addrDatum(datumPrefix, p.Addr(), uint32(p.Bits()))
 }
 
 func unmapBits(p netip.Prefix) int {
@@ -211,12 +229,12 @@ func Int(n uint32) Datum { return Datum{kind: datumInt, num: n} }
 func (d Datum) String() string {
 	switch d.kind {
 	case datumAddr:
-		return d.addr.String()
+		return d.ip().String()
 	case datumPrefix:
 		if p := d.prefix(); !p.IsSingleIP() {
 			return p.String()
 		}
-		return d.addr.String()
+		return d.ip().String()
 	case datumProto:
 		switch uint8(d.num) {
 		case ProtoTCP:
@@ -239,24 +257,24 @@ func (d Datum) last() Datum {
 	if d.kind != datumPrefix {
 		return d
 	}
-	b := d.addr.AsSlice()
+	b := d.ip().AsSlice()
 	for i := int(d.num); i < len(b)*8; i++ {
 		b[i/8] |= 0x80 >> (i % 8)
 	}
 	a, _ := netip.AddrFromSlice(b)
-	return Datum{kind: datumAddr, addr: a}
+	return Addr(a)
 }
 
 // prefix returns a prefix datum's prefix.
-func (d Datum) prefix() netip.Prefix { return netip.PrefixFrom(d.addr, int(d.num)) }
+func (d Datum) prefix() netip.Prefix { return netip.PrefixFrom(d.ip(), int(d.num)) }
 
 // bytes is the value as the kernel stores it.
 func (d Datum) bytes() []byte {
 	switch d.kind {
 	case datumAddr:
-		return d.addr.AsSlice()
+		return d.ip().AsSlice()
 	case datumPrefix:
-		return d.addr.AsSlice()
+		return d.ip().AsSlice()
 	case datumProto:
 		return []byte{byte(d.num)}
 	case datumPort:
@@ -293,11 +311,11 @@ func appendConcat(b []byte, data []Datum) []byte {
 		start := len(b)
 		switch d.kind {
 		case datumAddr, datumPrefix:
-			if d.addr.Is4() {
-				a := d.addr.As4()
+			if d.ip().Is4() {
+				a := d.ip().As4()
 				b = append(b, a[:]...)
 			} else {
-				a := d.addr.As16()
+				a := d.ip().As16()
 				b = append(b, a[:]...)
 			}
 		case datumProto:
