@@ -40,6 +40,7 @@ func commands() []command {
 		{"sync", "program the kernel once from objects read from files", syncFlags},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
 		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
+		{"trace", "explain what the rules do with a packet", traceFlags},
 		{"version", "print the version", versionFlags},
 	}
 }
