@@ -290,11 +290,17 @@ func describeOutcome(p nft.Packet, o nft.Outcome) string {
 	return strings.Join(parts, ", ")
 }
 
-// Verdict map sets whose elements say why a packet is turned away, by name
-// without the family suffix.
-var dropSets = map[string]string{
-	"no-endpoint-services":  "service port without usable endpoints",
-	"no-endpoint-nodeports": "NodePort without usable endpoints",
+// dropSet says what the elements of a verdict map that turns packets away
+// stand for, by the map's name without the family suffix; "" for other
+// sets.
+func dropSet(name string) string {
+	switch strings.TrimSuffix(strings.TrimSuffix(name, "-v4"), "-v6") {
+	case "no-endpoint-services":
+		return "service port without usable endpoints"
+	case "no-endpoint-nodeports":
+		return "NodePort without usable endpoints"
+	}
+	return ""
 }
 
 // dropReason explains a drop or reject: the element of a no-endpoint map
@@ -306,9 +312,8 @@ func dropReason(o nft.Outcome) string {
 		if s.Element == nil {
 			continue
 		}
-		base := strings.TrimSuffix(strings.TrimSuffix(s.Set, "-v4"), "-v6")
-		what, ok := dropSets[base]
-		if !ok {
+		what := dropSet(s.Set)
+		if what == "" {
 			continue
 		}
 		why := "it has no endpoints"
