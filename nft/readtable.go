@@ -56,8 +56,11 @@ func (UnreadRule) lower(*lowerer) error {
 func (k *Kernel) ReadTable(ctx context.Context, like *Table) (*Table, error) {
 	out := &Table{Family: like.Family, Name: like.Name}
 	exists, err := k.Exists(like.Family, like.Name)
-	if err != nil || !exists {
-		return out, err
+	if err != nil {
+		return nil, fmt.Errorf("read table %s: %w", like.Name, err)
+	}
+	if !exists {
+		return out, nil
 	}
 	c, err := k.conn()
 	if err != nil {
