@@ -6,6 +6,9 @@
 //	nftproxy sync --once --objects PATH
 //	                              program the kernel from files and exit
 //	nftproxy cleanup              delete nftproxy's table
+//	nftproxy diff                 what the next sync would change
+//	nftproxy trace --src A --dst B --dport P
+//	                              what the rules do with a packet
 package main
 
 import (
@@ -36,6 +39,8 @@ func commands() []command {
 		{"dump", "print the nft script for objects read from files", dumpFlags},
 		{"sync", "program the kernel once from objects read from files", syncFlags},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
+		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
+		{"trace", "explain what the rules do with a packet", traceFlags},
 		{"version", "print the version", versionFlags},
 	}
 }
@@ -89,9 +94,34 @@ func run(args []string) int {
 	ctx = klog.NewContext(ctx, klog.Background())
 	err := action(ctx)
 	klog.Flush()
+	code := 1
+	var status *exitStatus
+	if errors.As(err, &status) {
+		code, err = status.code, status.err
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nftproxy %s: %v\n", name, err)
-		return 1
+		return code
+	}
+	if status != nil {
+		return code
 	}
 	return 0
 }
+
+// exitStatus is returned by a command whose exit status is not simply 0 or
+// 1 (diff: 1 when there are differences, 2 on errors, as diff(1)); err is
+// printed unless nil.
+type exitStatus struct {
+	code int
+	err  error
+}
+
+func (e *exitStatus) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.code)
+}
+
+func (e *exitStatus) Unwrap() error { return e.err }
