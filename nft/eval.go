@@ -243,7 +243,7 @@ func keyInElement(key, elem []Datum) bool {
 // lies in its prefix.
 func datumMatches(v, pattern Datum) bool {
 	if pattern.kind == datumPrefix {
-		return v.kind == datumAddr && pattern.prefix().Contains(v.addr)
+		return v.kind == datumAddr && pattern.prefix().Contains(v.ip())
 	}
 	return v == pattern
 }
@@ -461,7 +461,7 @@ func (r *run) rule(c *Chain, i int, rule Rule) (result, error) {
 				return result{}, fmt.Errorf("map %s: element %s is not address . port", e.Map, el)
 			}
 			found = &Step{Set: e.Map, Element: el}
-			r.p.Dst, r.p.Dport = el.Value[0].addr, uint16(el.Value[1].num)
+			r.p.Dst, r.p.Dport = el.Value[0].ip(), uint16(el.Value[1].num)
 			r.dnat, r.natDoneInHook = true, true
 			return record(result{kind: resultAccept})
 		case DNAT:

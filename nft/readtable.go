@@ -314,7 +314,7 @@ func rangeKeys(s *Set, first, last []Datum) ([][]Datum, error) {
 	for i, f := range s.Key {
 		var options []Datum
 		if f.ipFamily() != 0 {
-			for _, p := range rangePrefixes(first[i].addr, last[i].addr) {
+			for _, p := range rangePrefixes(first[i].ip(), last[i].ip()) {
 				options = append(options, intervalDatum(s, i, p))
 			}
 		} else if first[i] != last[i] {
@@ -417,12 +417,12 @@ func rangePrefixes(first, last netip.Addr) []netip.Prefix {
 	for {
 		// The shortest prefix that starts at first and ends by last.
 		n := first.BitLen() - trailingZeros(first)
-		for Prefix(netip.PrefixFrom(first, n)).last().addr.Compare(last) > 0 {
+		for Prefix(netip.PrefixFrom(first, n)).last().ip().Compare(last) > 0 {
 			n++
 		}
 		p := netip.PrefixFrom(first, n)
 		out = append(out, p)
-		end := Prefix(p).last().addr
+		end := Prefix(p).last().ip()
 		if end.Compare(last) >= 0 {
 			return out
 		}
