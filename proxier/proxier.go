@@ -423,7 +423,8 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	var res syncResult
 	if !full {
 		var ok bool
-		res, ok = p.syncPartial(logger, in)
+		// The periodic resync also drops idle shared chains.
+		res, ok = p.syncPartial(logger, in, check)
 		if !ok {
 			logger.V(2).Info("Change reaches beyond the services; rebuilding the whole table")
 			full = true
@@ -582,10 +583,10 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 
 // syncPartial rebuilds the services that changed; ok is false when the
 // change needs a full rebuild.
-func (p *Proxier) syncPartial(logger klog.Logger, in syncInput) (syncResult, bool) {
+func (p *Proxier) syncPartial(logger klog.Logger, in syncInput, dropIdle bool) (syncResult, bool) {
 	ts := p.state
 	ts.b.logger = logger
-	pt, ch, ok := ts.update(in.services, p.slicesFor)
+	pt, ch, ok := ts.update(in.services, p.slicesFor, dropIdle)
 	if !ok {
 		p.state = nil
 		return syncResult{}, false
