@@ -63,9 +63,9 @@ func TestSyncAppliesChangesIncrementally(t *testing.T) {
 		t.Fatalf("an endpoint change replaced the table:\n%s", plan)
 	}
 	// The service moves from lb-v4-1 to the new lb-v4-2 and gains one slot;
-	// lb-v4-1, now unused, is flushed (and deleted by the next sync). The
+	// lb-v4-1, now unused, stays (idle) until the periodic resync. The
 	// endpoints are not on this node: no hairpin entries.
-	want := nft.Stats{Ops: 6, ChainsAdded: 1, ChainsFlushed: 1, RulesAdded: 1, ElementsAdded: 2, ElementsDeleted: 1}
+	want := nft.Stats{Ops: 5, ChainsAdded: 1, RulesAdded: 1, ElementsAdded: 2, ElementsDeleted: 1}
 	if got := plan.Stats(); got != want {
 		t.Errorf("plan stats %+v, want %+v\n%s", got, want, plan)
 	}
@@ -144,13 +144,14 @@ func TestStaleChainsAreDeletedByTheNextSync(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fake := &nft.Fake{}
-	p := newTestProxier(t, fake, nil)
+	p := newTestProxier(t, fake, func(c *Config) { c.SyncPeriod = 300 * time.Millisecond })
 	p.SetService(makeService("default", "web", "10.96.0.10"))
 	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")))
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	eventually(t, "lb-v4-2 to exist", func() bool { return fake.LastPlan() != nil && fake.Table.Chain("lb-v4-2") != nil })
 
+	// Unused, lb-v4-2 stays idle until the periodic resync flushes it.
 	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5")))
 	eventually(t, "lb-v4-2 to be flushed", func() bool {
 		c := fake.Table.Chain("lb-v4-2")
