@@ -35,9 +35,9 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"run", "run the proxy daemon (the default)", runFlags},
-		{"dump", "print the nft script for objects read from files", dumpFlags},
-		{"sync", "program the kernel once from objects read from files", syncFlags},
+		{"run", "run the proxy daemon (the default)", configurable(runFlags, true)},
+		{"dump", "print the nft script for objects read from files", configurable(dumpFlags, false)},
+		{"sync", "program the kernel once from objects read from files", configurable(syncFlags, false)},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
 		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
 		{"trace", "explain what the rules do with a packet", traceFlags},
