@@ -6,6 +6,7 @@
 //	nftproxy sync --once --objects PATH
 //	                              program the kernel from files and exit
 //	nftproxy cleanup              delete nftproxy's table
+//	nftproxy cleanup --kube-proxy delete what kube-proxy left in nftables
 //	nftproxy diff                 what the next sync would change
 //	nftproxy trace --src A --dst B --dport P
 //	                              what the rules do with a packet
