@@ -58,9 +58,6 @@ func versionFlags(*flag.FlagSet) func(ctx context.Context) error {
 
 func run(args []string) int {
 	name := "run"
-	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
-		args = []string{"version"}
-	}
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
 	}
@@ -79,12 +76,19 @@ func run(args []string) int {
 	}
 	fs := flag.NewFlagSet("nftproxy "+name, flag.ContinueOnError)
 	klog.InitFlags(fs)
+	// Every command takes --version, as kube-proxy does: a DaemonSet's
+	// arguments plus --version print the version.
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	action := cmd.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		fmt.Println("nftproxy", version)
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nftproxy %s: unexpected arguments %q\n", name, fs.Args())
