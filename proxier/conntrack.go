@@ -3,6 +3,7 @@ package proxier
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -58,17 +59,45 @@ func staleUDPFilters(prev, cur map[UDPDestination][]netip.AddrPort) []conntrack.
 }
 
 // clearStaleUDP deletes the stale entries; a failure is logged, not fatal:
-// the rules are right, and the entries expire in time.
+// the rules are right, and the entries expire in time. Each family's
+// cleanup is timed and counted in kube-proxy's conntrack reconciler
+// metrics, also when it has nothing to delete.
 func (p *Proxier) clearStaleUDP(logger klog.Logger, filters []conntrack.Filter) {
 	if p.conntrack == nil {
 		return
 	}
+	p.mu.Lock()
+	families := slices.Clone(p.families)
+	p.mu.Unlock()
 	for _, f := range filters {
-		n, err := p.conntrack.Delete(f)
-		if err != nil {
-			logger.Error(err, "Failed to delete stale UDP conntrack entries", "filter", f.String())
-			continue
+		// A family the table no longer holds may still have stale flows.
+		if l := conntrackFamily(f); !slices.Contains(families, l) {
+			families = append(families, l)
 		}
-		logger.V(2).Info("Deleted stale UDP conntrack entries", "filter", f.String(), "entries", n)
 	}
+	slices.Sort(families) // IPv4 first
+	for _, family := range families {
+		start, deleted := time.Now(), 0
+		for _, f := range filters {
+			if conntrackFamily(f) != family {
+				continue
+			}
+			n, err := p.conntrack.Delete(f)
+			deleted += n
+			if err != nil {
+				logger.Error(err, "Failed to delete stale UDP conntrack entries", "filter", f.String())
+				continue
+			}
+			logger.V(2).Info("Deleted stale UDP conntrack entries", "filter", f.String(), "entries", n)
+		}
+		p.metrics.conntrackCleaned(family, time.Since(start), deleted)
+	}
+}
+
+// conntrackFamily is the ip_family label of a filter's entries.
+func conntrackFamily(f conntrack.Filter) string {
+	if f.IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }

@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -8,11 +9,14 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/conntrack"
@@ -129,5 +133,76 @@ func TestStaleUDPFlowIsDeletedWithPackets(t *testing.T) {
 	eventually(t, "the flow's conntrack entry to go", func() bool { return !strings.Contains(tracked(), "src="+podIPs[first]) })
 	if got := ask(); got != other {
 		t.Errorf("after %s was removed the flow reached %s, want %s", first, got, other)
+	}
+}
+
+// fakeConntrack deletes perFilter entries for each filter, and fails on
+// filters whose reply source is failOn.
+type fakeConntrack struct {
+	perFilter int
+	failOn    netip.Addr
+	filters   []conntrack.Filter
+}
+
+func (f *fakeConntrack) Delete(filter conntrack.Filter) (int, error) {
+	f.filters = append(f.filters, filter)
+	if filter.ReplySrc == f.failOn && f.failOn.IsValid() {
+		return 1, fmt.Errorf("netlink: operation not permitted")
+	}
+	return f.perFilter, nil
+}
+
+func TestConntrackCleanupMetrics(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	reg := prometheus.NewPedanticRegistry()
+	ct := &fakeConntrack{perFilter: 3, failOn: netip.MustParseAddr("10.244.1.7")}
+	p := newTestProxier(t, &nft.Fake{}, nil)
+	WithMetrics(NewMetrics(reg))(p)
+	WithConntrack(ct)(p)
+
+	dns := makeService("kube-system", "dns", "10.96.0.10", withPorts(v1.ServicePort{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53}))
+	slice := func(ips ...string) *discoveryv1.EndpointSlice {
+		s := makeSlice("kube-system", "dns", "dns-1", 5353)
+		s.Ports[0].Name, s.Ports[0].Protocol = ptr.To("dns"), ptr.To(v1.ProtocolUDP)
+		for _, ip := range ips {
+			s.Endpoints = append(s.Endpoints, ep(ip))
+		}
+		return s
+	}
+	p.SetService(dns)
+	p.SetEndpointSlice(slice("10.244.1.5", "10.244.1.6", "10.244.1.7"))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The first sync deletes nothing but is recorded, so the series exist
+	// from the start.
+	expected := `
+# HELP kubeproxy_conntrack_reconciler_deleted_entries_total Cumulative conntrack flows deleted by conntrack reconciler
+# TYPE kubeproxy_conntrack_reconciler_deleted_entries_total counter
+kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="IPv4"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "kubeproxy_conntrack_reconciler_deleted_entries_total"); err != nil {
+		t.Error(err)
+	}
+
+	// Two endpoints go: two filters, one of which fails after deleting one
+	// entry. Both count.
+	p.SetEndpointSlice(slice("10.244.1.5"))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(ct.filters) != 2 {
+		t.Fatalf("deleted with %d filters, want 2: %v", len(ct.filters), ct.filters)
+	}
+	expected = strings.Replace(expected, `"IPv4"} 0`, `"IPv4"} 4`, 1)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected), "kubeproxy_conntrack_reconciler_deleted_entries_total"); err != nil {
+		t.Error(err)
+	}
+	durations := gather(t, reg)["kubeproxy_conntrack_reconciler_sync_duration_seconds"].GetMetric()
+	if len(durations) != 1 || durations[0].GetLabel()[0].GetValue() != "IPv4" || durations[0].GetHistogram().GetSampleCount() != 2 {
+		t.Errorf("sync duration: %v, want one IPv4 series of two observations", durations)
+	}
+	if got := len(durations[0].GetHistogram().GetBucket()); got != 15 {
+		t.Errorf("sync duration has %d buckets, want kube-proxy's 15", got)
 	}
 }

@@ -21,6 +21,8 @@ type Metrics struct {
 	syncFailures                                        *prometheus.CounterVec
 	healthz, livez                                      *prometheus.CounterVec
 	repairs                                             prometheus.Counter
+	conntrackDuration                                   *prometheus.HistogramVec
+	conntrackDeleted                                    *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -64,10 +66,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
 		repairs: prometheus.NewCounter(prometheus.CounterOpts{Name: "nftproxy_kernel_repairs_total",
 			Help: "Times the kernel's table differed from what nftproxy committed (changed by someone else) and was replaced"}),
+		conntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Subsystem: "kubeproxy", Name: "conntrack_reconciler_sync_duration_seconds",
+			Help: "ReconcileConntrackFlowsLatency latency in seconds", Buckets: syncBuckets}, family),
+		conntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: "kubeproxy", Name: "conntrack_reconciler_deleted_entries_total",
+			Help: "Cumulative conntrack flows deleted by conntrack reconciler"}, family),
 	}
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
 		m.programmingLatency, m.endpointChangesPending, m.endpointChanges, m.serviceChangesPending, m.serviceChanges,
-		m.noLocalEndpoints, m.syncFailures, m.healthz, m.livez, m.repairs)
+		m.noLocalEndpoints, m.syncFailures, m.healthz, m.livez, m.repairs, m.conntrackDuration, m.conntrackDeleted)
 	return m
 }
 
@@ -138,6 +144,16 @@ func (m *Metrics) repaired() {
 	if m != nil {
 		m.repairs.Inc()
 	}
+}
+
+// conntrackCleaned records one family's stale conntrack cleanup after a
+// sync, as kube-proxy records each reconcile, deletions or not.
+func (m *Metrics) conntrackCleaned(family string, elapsed time.Duration, deleted int) {
+	if m == nil {
+		return
+	}
+	m.conntrackDuration.WithLabelValues(family).Observe(elapsed.Seconds())
+	m.conntrackDeleted.WithLabelValues(family).Add(float64(deleted))
 }
 
 func (m *Metrics) syncFailed(families []string) {

@@ -34,6 +34,11 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	def := proxier.DefaultConfig()
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster configuration)")
 	master := fs.String("master", "", "API server address (overrides the kubeconfig)")
+	// kube-proxy's defaults: protobuf costs the API server and nftproxy
+	// less than JSON on large lists of EndpointSlices.
+	qps := fs.Float64("kube-api-qps", 5, "queries per second to the API server")
+	burst := fs.Int("kube-api-burst", 10, "burst of queries to the API server")
+	contentType := fs.String("kube-api-content-type", "application/vnd.kubernetes.protobuf", "content type of requests to the API server")
 	hostname := fs.String("hostname-override", "", "this node's name (default: the host name)")
 	minSync := fs.Duration("min-sync-period", def.MinSyncPeriod, "minimum interval between syncs")
 	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
@@ -62,6 +67,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 			return fmt.Errorf("load client configuration: %w", err)
 		}
 		restCfg.UserAgent = "nftproxy"
+		restCfg.QPS, restCfg.Burst, restCfg.ContentType = float32(*qps), *burst, *contentType
 		client, err := kubernetes.NewForConfig(restCfg)
 		if err != nil {
 			return fmt.Errorf("create client: %w", err)

@@ -97,7 +97,12 @@ func syncFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 }
 
 func cleanupFlags(fs *flag.FlagSet) func(ctx context.Context) error {
+	kubeProxy := fs.Bool("kube-proxy", false, "delete what kube-proxy left in nftables instead (its kube-proxy tables, its KUBE-* chains of iptables-nft and the rules jumping to them), when moving a node to nftproxy; stop kube-proxy first")
+	dryRun := fs.Bool("dry-run", false, "with --kube-proxy: print what would be deleted, delete nothing")
 	return func(ctx context.Context) error {
+		if *kubeProxy {
+			return cleanupKubeProxy(ctx, nft.NewKernel(), os.Stdout, *dryRun)
+		}
 		if err := nft.NewKernel().Delete(ctx, nft.FamilyINet, proxier.TableName); err != nil {
 			return fmt.Errorf("delete table %s: %w", proxier.TableName, err)
 		}

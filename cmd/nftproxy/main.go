@@ -6,6 +6,7 @@
 //	nftproxy sync --once --objects PATH
 //	                              program the kernel from files and exit
 //	nftproxy cleanup              delete nftproxy's table
+//	nftproxy cleanup --kube-proxy delete what kube-proxy left in nftables
 //	nftproxy diff                 what the next sync would change
 //	nftproxy trace --src A --dst B --dport P
 //	                              what the rules do with a packet
@@ -35,9 +36,9 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"run", "run the proxy daemon (the default)", runFlags},
-		{"dump", "print the nft script for objects read from files", dumpFlags},
-		{"sync", "program the kernel once from objects read from files", syncFlags},
+		{"run", "run the proxy daemon (the default)", configurable(runFlags, true)},
+		{"dump", "print the nft script for objects read from files", configurable(dumpFlags, false)},
+		{"sync", "program the kernel once from objects read from files", configurable(syncFlags, false)},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
 		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
 		{"trace", "explain what the rules do with a packet", traceFlags},
@@ -57,9 +58,6 @@ func versionFlags(*flag.FlagSet) func(ctx context.Context) error {
 
 func run(args []string) int {
 	name := "run"
-	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version") {
-		args = []string{"version"}
-	}
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		name, args = args[0], args[1:]
 	}
@@ -78,12 +76,19 @@ func run(args []string) int {
 	}
 	fs := flag.NewFlagSet("nftproxy "+name, flag.ContinueOnError)
 	klog.InitFlags(fs)
+	// Every command takes --version, as kube-proxy does: a DaemonSet's
+	// arguments plus --version print the version.
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	action := cmd.flags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
 		return 2
+	}
+	if *showVersion {
+		fmt.Println("nftproxy", version)
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "nftproxy %s: unexpected arguments %q\n", name, fs.Args())

@@ -123,8 +123,10 @@ func TestCommandErrors(t *testing.T) {
 		{"an unknown command is a usage error", []string{"frobnicate"}, 2, "unknown command"},
 		{"sync without --once is refused", []string{"sync", "--objects", "../../examples"}, 1, "only --once"},
 	}
-	if r := nftproxy(t, nil, "--version"); r.code != 0 || r.stdout != "nftproxy devel\n" {
-		t.Errorf("--version: exit %d, %q", r.code, r.stdout)
+	for _, args := range [][]string{{"--version"}, {"version"}, {"run", "--config", "missing.yaml", "--version"}, {"cleanup", "-version"}} {
+		if r := nftproxy(t, nil, args...); r.code != 0 || r.stdout != "nftproxy devel\n" {
+			t.Errorf("%q: exit %d, %q", args, r.code, r.stdout)
+		}
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
