@@ -175,11 +175,19 @@ func vmapElement(key []nft.Datum, chain, comment string) nft.Element {
 
 // appendSlots adds one element per endpoint: key . slot → address . port.
 func appendSlots(elems []nft.Element, key []nft.Datum, eps []endpoint) []nft.Element {
+	// One allocation for all keys and one for all values: a table holds
+	// an element per endpoint.
+	k := len(key) + 1
+	keys := make([]nft.Datum, k*len(eps))
+	values := make([]nft.Datum, 2*len(eps))
+	elems = slices.Grow(elems, len(eps))
 	for i, ep := range eps {
-		elems = append(elems, nft.Element{
-			Key:   append(slices.Clone(key), nft.Int(uint32(i))),
-			Value: []nft.Datum{nft.Addr(ep.addr), nft.Port(ep.port)},
-		})
+		ek := keys[i*k : (i+1)*k : (i+1)*k]
+		copy(ek, key)
+		ek[k-1] = nft.Int(uint32(i))
+		ev := values[2*i : 2*i+2 : 2*i+2]
+		ev[0], ev[1] = nft.Addr(ep.addr), nft.Port(ep.port)
+		elems = append(elems, nft.Element{Key: ek, Value: ev})
 	}
 	return elems
 }

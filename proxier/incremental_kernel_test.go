@@ -127,3 +127,34 @@ func BenchmarkKernelOneEndpointUpdate(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkKernelColdSync is the first sync of 10,000 services of 10
+// endpoints into an empty kernel table: build, assemble and one
+// transaction.
+// go test ./proxier -run '^$' -bench KernelColdSync
+func BenchmarkKernelColdSync(b *testing.B) {
+	testnet.RequireRoot(b)
+	ns := testnet.NewNS(b, "bench")
+	st := benchState(10000, 10)
+	for b.Loop() {
+		b.StopTimer()
+		kernel := nft.NewKernel(nft.WithNetNS(ns.Fd()))
+		if err := kernel.Delete(b.Context(), nft.FamilyINet, TableName); err != nil {
+			b.Fatal(err)
+		}
+		p, err := New(testConfig(), kernel)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range st.Services {
+			p.SetService(s)
+		}
+		for _, s := range st.EndpointSlices {
+			p.SetEndpointSlice(s)
+		}
+		b.StartTimer()
+		if err := p.Sync(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

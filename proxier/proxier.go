@@ -458,24 +458,24 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	p.clearStaleUDP(logger, res.staleUDP)
 	p.reportProblems(res.problems)
-	if full && len(p.state.frags) >= releaseAfter {
-		// A full sync of a large table allocates several times what the
-		// daemon keeps (the whole table assembled twice, its netlink
-		// messages); give it back now rather than keep it as resident
-		// memory until the runtime's scavenger gets to it.
-		debug.FreeOSMemory()
-	}
 	// Stale chains were flushed, not deleted; the next sync, whatever
 	// starts it (at the latest the periodic one), deletes them. A sync of
 	// their own would hold back the next change by MinSyncPeriod.
 	stats := res.plan.Stats()
-	logger.V(2).Info("Synced rules", "elapsed", time.Since(start), "full", full, "replace", res.plan.Replace,
+	logger.V(2).Info("Synced rules", "elapsed", now.Sub(start), "full", full, "replace", res.plan.Replace,
 		"serviceChanges", svcChanges, "endpointSliceChanges", sliceChanges,
 		"services", len(p.state.frags), "servicesRebuilt", res.rebuilt,
 		"elementsAdded", stats.ElementsAdded, "elementsDeleted", stats.ElementsDeleted,
 		"chainsFlushed", stats.ChainsFlushed, "rulesAdded", stats.RulesAdded)
 	if logger.V(9).Enabled() {
 		logger.V(9).Info("Applied transaction", "plan", res.plan.String())
+	}
+	if full && len(p.state.frags) >= releaseAfter {
+		// A full sync of a large table allocates several times what the
+		// daemon keeps (the whole table assembled twice, its netlink
+		// messages); give it back now rather than keep it as resident
+		// memory until the runtime's scavenger gets to it.
+		debug.FreeOSMemory()
 	}
 	return nil
 }

@@ -357,6 +357,11 @@ func (ts *tableState) assemble(withElements, withStale bool) *Rules {
 				if sharedSet(i) {
 					seen = map[string]bool{}
 				}
+				n := 0
+				for _, k := range keys {
+					n += len(ts.frags[k].fams[fi].elems[i])
+				}
+				s.Elements = make([]nft.Element, 0, n)
 				for _, k := range keys {
 					for _, e := range ts.frags[k].fams[fi].elems[i] {
 						if seen != nil {
