@@ -296,8 +296,8 @@ func serviceClusterIP(report reporter, svc *v1.Service, ipv6 bool) (netip.Addr, 
 // print. Objects read by `dump` and `sync --once` were never validated.
 func validNames(report reporter, svc *v1.Service) bool {
 	for _, n := range []struct{ what, name string }{{"namespace", svc.Namespace}, {"name", svc.Name}} {
-		if errs := validation.IsDNS1123Label(n.name); len(errs) > 0 {
-			report("InvalidName", fmt.Sprintf("skipping service: its %s %q is not a DNS label: %s", n.what, n.name, strings.Join(errs, "; ")))
+		if len(validation.IsDNS1123Label(n.name)) > 0 {
+			report("InvalidName", fmt.Sprintf("skipping service: its %s %q is not a DNS label (at most 63 lowercase letters, digits and '-')", n.what, n.name))
 			return false
 		}
 	}
