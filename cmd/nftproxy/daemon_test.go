@@ -171,7 +171,7 @@ func TestDaemonWaitsForTheAPIServer(t *testing.T) {
 		t.Errorf("/readyz %d before any sync, want 503", code)
 	}
 	var waits []time.Duration
-	for _, m := range regexp.MustCompile(retryLog + `".* retryIn="([^"]+)"`).FindAllStringSubmatch(stderr.String(), -1) {
+	for _, m := range regexp.MustCompile(retryLog+`".* retryIn="([^"]+)"`).FindAllStringSubmatch(stderr.String(), -1) {
 		d, err := time.ParseDuration(m[1])
 		if err != nil {
 			t.Fatal(err)
