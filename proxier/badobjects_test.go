@@ -427,18 +427,27 @@ type watched struct {
 }
 
 // applyRecorder is a fake kernel that keeps the last error, so that a table
-// the kernel would refuse fails the test at once instead of being retried.
+// the kernel would refuse fails the test at once instead of being retried,
+// and gives the test the last table without racing the sync loop.
 type applyRecorder struct {
 	nft.Fake
-	mu      sync.Mutex
-	lastErr error
+	mu       sync.Mutex
+	lastErr  error
+	last     *nft.Table
+	attempts int
+	applied  int
 }
 
 func (k *applyRecorder) Apply(ctx context.Context, p *nft.Plan) error {
 	err := k.Fake.Apply(ctx, p)
 	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.attempts++
 	k.lastErr = err
-	k.mu.Unlock()
+	if err == nil {
+		k.last = k.Fake.Table
+		k.applied++
+	}
 	return err
 }
 
@@ -446,6 +455,20 @@ func (k *applyRecorder) err() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.lastErr
+}
+
+// table returns the table last applied, nil before the first apply.
+func (k *applyRecorder) table() *nft.Table {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.last
+}
+
+// counts returns the number of Apply calls and of successful ones.
+func (k *applyRecorder) counts() (attempts, applied int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.attempts, k.applied
 }
 
 // watchOnce runs Proxier.Watch on a fake clientset holding objs until the
@@ -471,7 +494,7 @@ func watchOnce(t *testing.T, objs []runtime.Object) watched {
 			stop()
 			t.Fatalf("the kernel refused the table: %v", err)
 		}
-		return kernel.LastPlan() != nil
+		return kernel.table() != nil
 	})
 	// Events are sent after the apply; Watch returns once the sync is
 	// done.
@@ -480,7 +503,7 @@ func watchOnce(t *testing.T, objs []runtime.Object) watched {
 	for len(recorder.Events) > 0 {
 		events = append(events, <-recorder.Events)
 	}
-	return watched{table: kernel.Table, events: events, logs: logger.GetSink().(ktesting.Underlier).GetBuffer().String()}
+	return watched{table: kernel.table(), events: events, logs: logger.GetSink().(ktesting.Underlier).GetBuffer().String()}
 }
 
 // Bad objects arriving as updates, through the informers' update handlers,
@@ -494,7 +517,7 @@ func TestBadObjectUpdatesKeepTheRest(t *testing.T) {
 	client := fake.NewClientset(goodObjects()...)
 	done := make(chan error, 1)
 	go func() { done <- p.Watch(ctx, client) }()
-	eventually(t, "the first sync", func() bool { return kernel.LastPlan() != nil })
+	eventually(t, "the first sync", func() bool { return kernel.table() != nil })
 
 	// web's slice gains a good endpoint and two bad ones; web itself an
 	// invalid port; a new service has no ClusterIP.
@@ -516,7 +539,7 @@ func TestBadObjectUpdatesKeepTheRest(t *testing.T) {
 			t.Fatalf("the kernel refused the table: %v", err)
 		}
 		logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
-		return slices.Contains(elements(kernel.Table, "service-endpoints-v4"), slot("10.96.0.10", 80, 1, "10.244.1.6 . 8080")) &&
+		return slices.Contains(elements(kernel.table(), "service-endpoints-v4"), slot("10.96.0.10", 80, 1, "10.244.1.6 . 8080")) &&
 			strings.Contains(logs, `reason="InvalidPort"`) && strings.Contains(logs, `reason="NoClusterIP"`)
 	})
 	cancel()
@@ -524,13 +547,13 @@ func TestBadObjectUpdatesKeepTheRest(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := epElems("10.96.0.10", "tcp", 80, "10.244.1.5 . 8080", "10.244.1.6 . 8080")
-	if diff := cmp.Diff(want, elements(kernel.Table, "service-endpoints-v4")); diff != "" {
+	if diff := cmp.Diff(want, elements(kernel.table(), "service-endpoints-v4")); diff != "" {
 		t.Errorf("web's endpoints (-want +got):\n%s", diff)
 	}
-	if got := elements(kernel.Table, "service-nodeports-v4"); len(got) != 1 {
+	if got := elements(kernel.table(), "service-nodeports-v4"); len(got) != 1 {
 		t.Errorf("NodePorts: %q, want web's", got)
 	}
-	if dump := nft.Render(kernel.Table); strings.Contains(dump, "65536") || strings.Contains(dump, "default/bad") {
+	if dump := nft.Render(kernel.table()); strings.Contains(dump, "65536") || strings.Contains(dump, "default/bad") {
 		t.Errorf("bad parts programmed:\n%s", dump)
 	}
 }

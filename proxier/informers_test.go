@@ -175,7 +175,7 @@ func TestWatchExpiredRelistsAndSyncs(t *testing.T) {
 	kernel := &applyRecorder{}
 	p := newTestProxier(t, kernel, func(c *Config) { c.SyncPeriod = time.Hour })
 	runWatch(t, p, client, logger)
-	eventually(t, "the first sync", func() bool { return kernel.LastPlan() != nil })
+	eventually(t, "the first sync", func() bool { return kernel.table() != nil })
 	lists := countActions(client, "list", "services")
 
 	// The watches hear nothing of these changes.
@@ -198,7 +198,7 @@ func TestWatchExpiredRelistsAndSyncs(t *testing.T) {
 	if _, err := client.CoreV1().Services("default").Create(ctx, added, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	plans := len(kernel.Plans)
+	_, applied := kernel.counts()
 	watches.expire()
 
 	final := []runtime.Object{objs[0], objs[1], web, added}
@@ -218,15 +218,15 @@ func TestWatchExpiredRelistsAndSyncs(t *testing.T) {
 		if err := kernel.err(); err != nil {
 			t.Fatalf("the kernel refused the table: %v", err)
 		}
-		return sameElements(want, kernel.Table) == ""
+		return sameElements(want, kernel.table()) == ""
 	})
-	if d := sameElements(want, kernel.Table); d != "" {
+	if d := sameElements(want, kernel.table()); d != "" {
 		t.Fatal(d)
 	}
 	if n := countActions(client, "list", "services"); n <= lists {
 		t.Errorf("services listed %d times, as before the expiry: no relist", n)
 	}
-	if len(kernel.Plans) == plans {
+	if _, n := kernel.counts(); n == applied {
 		t.Error("no sync after the relist")
 	}
 }
@@ -288,18 +288,18 @@ func TestWatchWaitsForAnUnreachableAPIServer(t *testing.T) {
 		t.Fatal("Watch returned while the API server was unreachable")
 	default:
 	}
-	if kernel.Attempts != 0 {
+	if attempts, _ := kernel.counts(); attempts != 0 {
 		t.Fatal("synced before the informers had listed anything")
 	}
 	listDown.Store(false)
-	eventually(t, "the first sync", func() bool { return kernel.LastPlan() != nil })
+	eventually(t, "the first sync", func() bool { return kernel.table() != nil })
 	if n := serviceLists.Load(); n < 2 {
 		t.Errorf("services listed %d times: no retry", n)
 	}
-	if got := elements(kernel.Table, "service-cidrs-v4"); !slices.Equal(got, []string{"10.96.0.0/16"}) {
+	if got := elements(kernel.table(), "service-cidrs-v4"); !slices.Equal(got, []string{"10.96.0.0/16"}) {
 		t.Errorf("service-cidrs-v4 %q: the ServiceCIDR was not watched", got)
 	}
-	if got := elements(kernel.Table, "service-ips-v4"); len(got) != 1 {
+	if got := elements(kernel.table(), "service-ips-v4"); len(got) != 1 {
 		t.Errorf("service-ips-v4 %q, want web's", got)
 	}
 	logs := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
