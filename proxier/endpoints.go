@@ -33,21 +33,37 @@ func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.E
 	}
 	var eps []endpoint
 	for _, s := range epSlices {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 && s.AddressType != discoveryv1.AddressTypeIPv6 {
+			// FQDN slices are for other consumers; kube-proxy ignores
+			// them too. Logged once per port, in the IPv4 pass.
+			if !ipv6 {
+				logger.V(4).Info("Ignoring EndpointSlice of an unsupported address type", "endpointSlice", klog.KObj(s), "addressType", s.AddressType)
+			}
+			continue
+		}
 		if s.AddressType != want {
 			continue
 		}
-		port, ok := slicePort(s, sp)
+		port, ok, err := slicePort(s, sp)
+		if err != nil {
+			logger.Info("Skipping EndpointSlice port", "endpointSlice", klog.KObj(s), "servicePort", sp.String(), "err", err)
+		}
 		if !ok {
 			continue
 		}
 		for _, ep := range s.Endpoints {
 			// One address per endpoint: the others are the same pod.
 			if len(ep.Addresses) == 0 {
+				logger.Info("Skipping endpoint without address", "endpointSlice", klog.KObj(s))
 				continue
 			}
 			a, err := netip.ParseAddr(ep.Addresses[0])
 			if err != nil || a.Zone() != "" || a.Unmap().Is6() != ipv6 {
 				logger.Info("Skipping invalid endpoint address", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
+				continue
+			}
+			if refusedAddress(a.Unmap()) {
+				logger.Info("Skipping endpoint address the API refuses (unspecified, loopback or link-local)", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
 				continue
 			}
 			c := ep.Conditions

@@ -3,15 +3,21 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"math"
+	"slices"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -20,7 +26,10 @@ import (
 
 // Watch feeds the Proxier from shared informers on Services, EndpointSlices
 // and this node, then runs the sync loop once they have synced. It blocks
-// until ctx ends.
+// until ctx ends, and returns nil then. An API server that cannot be
+// reached is waited for, retrying with backoff and logging each failure: a
+// node proxy that exits would only be restarted to wait again, and the
+// rules already in the kernel keep working meanwhile.
 func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error {
 	logger := klog.FromContext(ctx)
 	// Filter on the server what kube-proxy ignores: services meant for
@@ -88,7 +97,14 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 		}
 	}
 	synced := []cache.InformerSynced{svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced}
-	if servesServiceCIDRs(client) {
+	servesCIDRs, err := servesServiceCIDRs(ctx, client, discoveryBackoff())
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	if servesCIDRs {
 		cidrInformer := factory.Networking().V1().ServiceCIDRs().Informer()
 		_, err := cidrInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { p.setServiceCIDR(o) },
@@ -113,9 +129,12 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 		f.Start(ctx.Done())
 		defer f.Shutdown()
 	}
+	// Until the API server answers, the informers' reflectors retry their
+	// lists with backoff (0.8 s doubling to 30 s) and log each failure.
 	logger.Info("Waiting for caches to sync")
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("wait for informer caches: %w", ctx.Err())
+		// Only ctx ending stops the wait: a requested stop.
+		return nil
 	}
 	p.Run(ctx)
 	return nil
@@ -129,18 +148,36 @@ func (p *Proxier) setServiceCIDR(o any) {
 
 // servesServiceCIDRs reports whether the API server serves ServiceCIDR
 // objects (networking.k8s.io/v1, Kubernetes 1.33 and later); watching a
-// resource it does not serve would never sync.
-func servesServiceCIDRs(client kubernetes.Interface) bool {
-	list, err := client.Discovery().ServerResourcesForGroupVersion(networkingv1.SchemeGroupVersion.String())
-	if err != nil {
-		return false
-	}
-	for _, r := range list.APIResources {
-		if r.Name == "servicecidrs" {
-			return true
+// resource it does not serve would never sync. Errors other than the group
+// version not being found (an API server not reachable yet, overloaded,
+// restarting) are retried with backoff until ctx ends: taking them for "not
+// served" would leave ServiceCIDRs unwatched until nftproxy restarts.
+func servesServiceCIDRs(ctx context.Context, client kubernetes.Interface, backoff wait.Backoff) (bool, error) {
+	logger := klog.FromContext(ctx)
+	disco := discovery.ToDiscoveryInterfaceWithContext(client.Discovery())
+	gv := networkingv1.SchemeGroupVersion.String()
+	for {
+		list, err := disco.ServerResourcesForGroupVersionWithContext(ctx, gv)
+		switch {
+		case err == nil:
+			return slices.ContainsFunc(list.APIResources, func(r metav1.APIResource) bool { return r.Name == "servicecidrs" }), nil
+		case apierrors.IsNotFound(err):
+			return false, nil
+		}
+		delay := backoff.Step()
+		logger.Error(err, "Cannot discover the API server's resources; retrying", "groupVersion", gv, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return false, fmt.Errorf("discover %s resources: %w", gv, ctx.Err())
+		case <-time.After(delay):
 		}
 	}
-	return false
+}
+
+// discoveryBackoff is the wait between discovery attempts: from half a
+// second, doubling, to 30 s, like the informers' own retries.
+func discoveryBackoff() wait.Backoff {
+	return wait.Backoff{Duration: 500 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: math.MaxInt32, Cap: 30 * time.Second}
 }
 
 func metaKey(o any) (types.NamespacedName, error) {

@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -65,13 +66,26 @@ func (sp *servicePort) usesLocalEndpoints() bool {
 	return sp.internalLocal || (sp.externalLocal && sp.externallyAccessible())
 }
 
-// String names the port as kube-proxy does: ns/name:port.
+// String names the port as kube-proxy does: ns/name:port. It is the
+// comment of the port's elements, so it is cut to the 128 bytes nft accepts
+// in a comment: a namespace, a name and a port name may each be 63 bytes,
+// and one comment too long makes the kernel refuse the whole transaction
+// (kubernetes/kubernetes#139515). The middle goes; the port name stays.
 func (sp *servicePort) String() string {
+	s := fmt.Sprintf("%s:%s", sp.service, sp.portName)
 	if sp.portName == "" {
-		return fmt.Sprintf("%s/%s", sp.service, protoName(sp.proto))
+		s = fmt.Sprintf("%s/%s", sp.service, protoName(sp.proto))
 	}
-	return fmt.Sprintf("%s:%s", sp.service, sp.portName)
+	if len(s) <= maxCommentLen {
+		return s
+	}
+	const cut = "..."
+	tail := min(len(s)-len(sp.service.String()), maxCommentLen/2)
+	return s[:maxCommentLen-len(cut)-tail] + cut + s[len(s)-tail:]
 }
+
+// maxCommentLen is the longest comment nft accepts.
+const maxCommentLen = 128
 
 func protoName(p uint8) string { return nft.Proto(p).String() }
 
@@ -92,7 +106,7 @@ func shouldProxy(svc *v1.Service, proxyName string) (bool, string) {
 	if svc.Spec.Type == v1.ServiceTypeExternalName {
 		return false, "ExternalName service"
 	}
-	if svc.Spec.ClusterIP == v1.ClusterIPNone {
+	if svc.Spec.ClusterIP == v1.ClusterIPNone || (len(svc.Spec.ClusterIPs) > 0 && svc.Spec.ClusterIPs[0] == v1.ClusterIPNone) {
 		return false, "headless service"
 	}
 	if name, ok := svc.Labels[labelServiceProxyName]; ok && name != proxyName {
@@ -104,7 +118,10 @@ func shouldProxy(svc *v1.Service, proxyName string) (bool, string) {
 // servicePorts returns the ports of svc for one family (ipv6 or not),
 // skipping what cannot be programmed with a log line.
 func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*servicePort {
-	clusterIP, ok := familyClusterIP(svc, ipv6)
+	if !validNames(report, svc) {
+		return nil
+	}
+	clusterIP, ok := serviceClusterIP(report, svc, ipv6)
 	if !ok {
 		return nil
 	}
@@ -116,6 +133,10 @@ func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*se
 			return
 		}
 		a = a.Unmap()
+		if refusedAddress(a) {
+			report("InvalidAddress", fmt.Sprintf("skipping %s %s: unspecified, loopback and link-local addresses are refused", what, a))
+			return
+		}
 		if a.Is6() == ipv6 && !slices.Contains(external, a) {
 			external = append(external, a)
 			if what != "externalIP" {
@@ -150,6 +171,10 @@ func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*se
 			continue
 		}
 		names[p.Name] = true
+		if p.Name != "" && len(validation.IsDNS1123Label(p.Name)) > 0 {
+			report("InvalidPort", fmt.Sprintf("skipping port %q: its name is not a DNS label", p.Name))
+			continue
+		}
 		proto, ok := protocolNumber(p.Protocol)
 		if !ok || p.Port <= 0 || p.Port > 65535 || p.NodePort < 0 || p.NodePort > 65535 {
 			report("InvalidPort", fmt.Sprintf("skipping port %q: protocol %q, port %d, nodePort %d", p.Name, p.Protocol, p.Port, p.NodePort))
@@ -179,6 +204,10 @@ func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*se
 			sp.affinity = time.Duration(v1.DefaultClientIPServiceAffinitySeconds) * time.Second
 			if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil && *c.ClientIP.TimeoutSeconds > 0 {
 				sp.affinity = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+			}
+			if !affinityNamesFit(sp, ipv6) {
+				report("NameTooLong", fmt.Sprintf("skipping port %q: with session affinity its chain names would exceed %d bytes", p.Name, maxNameLen))
+				continue
 			}
 		}
 		out = append(out, sp)
@@ -220,28 +249,93 @@ func sourceRanges(report reporter, svc *v1.Service, ipv6 bool) []netip.Prefix {
 	return out
 }
 
-// familyClusterIP returns the service's ClusterIP of a family: from
-// spec.clusterIPs when set (dual-stack), else spec.clusterIP.
-func familyClusterIP(svc *v1.Service, ipv6 bool) (netip.Addr, bool) {
+// serviceClusterIP returns the service's ClusterIP of a family, from
+// spec.clusterIPs when set (dual-stack), else spec.clusterIP, as kube-proxy
+// does. It reports what the API server would have refused: no valid
+// ClusterIP at all (the service is skipped), an invalid one, two of one
+// family (the second is skipped), or spec.clusterIP disagreeing with
+// spec.clusterIPs[0].
+func serviceClusterIP(report reporter, svc *v1.Service, ipv6 bool) (netip.Addr, bool) {
 	ips := svc.Spec.ClusterIPs
 	if len(ips) == 0 && svc.Spec.ClusterIP != "" {
 		ips = []string{svc.Spec.ClusterIP}
 	}
+	if len(svc.Spec.ClusterIPs) > 0 && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != svc.Spec.ClusterIPs[0] {
+		report("ConflictingClusterIPs", fmt.Sprintf("spec.clusterIP %q is not spec.clusterIPs[0] %q; using spec.clusterIPs", svc.Spec.ClusterIP, svc.Spec.ClusterIPs[0]))
+	}
+	var v4, v6 netip.Addr
 	for _, s := range ips {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.Zone() != "" {
+			report("InvalidClusterIP", fmt.Sprintf("skipping invalid ClusterIP %q", s))
 			continue
 		}
-		if a = a.Unmap(); a.Is6() == ipv6 {
-			return a, true
+		a = a.Unmap()
+		first := &v4
+		if a.Is6() {
+			first = &v6
+		}
+		if first.IsValid() {
+			report("ConflictingClusterIPs", fmt.Sprintf("skipping ClusterIP %s: the service already has %s", a, *first))
+			continue
+		}
+		*first = a
+	}
+	if !v4.IsValid() && !v6.IsValid() {
+		report("NoClusterIP", "skipping service: it has no valid ClusterIP")
+	}
+	if ipv6 {
+		return v6, v6.IsValid()
+	}
+	return v4, v4.IsValid()
+}
+
+// validNames reports whether the service's namespace and name are DNS
+// labels, as the API server ensures: they become parts of nft identifiers
+// and comments, where other characters are not allowed or not safe to
+// print. Objects read by `dump` and `sync --once` were never validated.
+func validNames(report reporter, svc *v1.Service) bool {
+	for _, n := range []struct{ what, name string }{{"namespace", svc.Namespace}, {"name", svc.Name}} {
+		if len(validation.IsDNS1123Label(n.name)) > 0 {
+			report("InvalidName", fmt.Sprintf("skipping service: its %s %q is not a DNS label (at most 63 lowercase letters, digits and '-')", n.what, n.name))
+			return false
 		}
 	}
-	return netip.Addr{}, false
+	return true
+}
+
+// refusedAddress reports whether the API server refuses a as an endpoint or
+// external IP: unspecified, loopback and link-local addresses are
+// nonsensical or belong to the node (a metadata service at
+// 169.254.169.254). Checked again here because objects read from files
+// were never validated, and DNAT to them would reach the node itself.
+func refusedAddress(a netip.Addr) bool {
+	return a.IsUnspecified() || a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast()
+}
+
+// maxNameLen is the longest chain or set name nft accepts.
+const maxNameLen = 255
+
+// affinityNamesFit reports whether the per-endpoint chain and set names of
+// a port with session affinity fit in maxNameLen for any endpoint:
+// "endpoint-v6-HASH8-ns/name/proto/port__ADDR/PORT" does not for an IPv6
+// endpoint when the namespace, name and port name are all near their
+// 63-byte maximum. One name too long makes the kernel refuse the whole
+// transaction; skipping the port keeps the rest of the node's services.
+func affinityNamesFit(sp *servicePort, ipv6 bool) bool {
+	longest, family := endpoint{addr: netip.MustParseAddr("255.255.255.255"), port: 65535}, "v4"
+	if ipv6 {
+		longest.addr, family = netip.MustParseAddr("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), "v6"
+	}
+	// The id as affinityFor makes it.
+	a := affinityPort{sp: sp, id: family + "-" + servicePortID(sp)}
+	return len(a.endpointChain(longest)) <= maxNameLen && len(a.affinitySet(longest)) <= maxNameLen
 }
 
 // slicePort finds the slice's port matching the service port by name and
-// protocol.
-func slicePort(s *discoveryv1.EndpointSlice, sp *servicePort) (uint16, bool) {
+// protocol; ok is false when there is none, err set when the matching one
+// has an invalid number.
+func slicePort(s *discoveryv1.EndpointSlice, sp *servicePort) (port uint16, ok bool, err error) {
 	for _, p := range s.Ports {
 		name := ""
 		if p.Name != nil {
@@ -256,9 +350,9 @@ func slicePort(s *discoveryv1.EndpointSlice, sp *servicePort) (uint16, bool) {
 			continue
 		}
 		if *p.Port <= 0 || *p.Port > 65535 {
-			return 0, false
+			return 0, false, fmt.Errorf("port %q: invalid number %d", name, *p.Port)
 		}
-		return uint16(*p.Port), true
+		return uint16(*p.Port), true, nil
 	}
-	return 0, false
+	return 0, false, nil
 }
