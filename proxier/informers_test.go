@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"slices"
@@ -355,5 +356,54 @@ func TestServesServiceCIDRs(t *testing.T) {
 				t.Errorf("asked %d times, want %d", tries, tc.failures+1)
 			}
 		})
+	}
+}
+
+// firstPlanKernel keeps the first plan applied.
+type firstPlanKernel struct {
+	nft.Fake
+	mu    sync.Mutex
+	first *nft.Plan
+}
+
+func (k *firstPlanKernel) Apply(ctx context.Context, p *nft.Plan) error {
+	k.mu.Lock()
+	if k.first == nil {
+		k.first = p
+	}
+	k.mu.Unlock()
+	return k.Fake.Apply(ctx, p)
+}
+
+// TestFirstSyncSeesEveryObject: the first sync, which replaces whatever
+// table a previous run left, must hold every service: it waits for the
+// handlers to have received the initial lists, not only for the informers'
+// stores to be filled (seen: 6,045 of 10,000 services in the first sync).
+func TestFirstSyncSeesEveryObject(t *testing.T) {
+	const n = 3000
+	objs := []runtime.Object{makeNode("node-a", "192.168.50.10")}
+	for i := range n {
+		name := fmt.Sprintf("svc-%04d", i)
+		objs = append(objs, makeService("bench", name, fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)),
+			makeSlice("bench", name, name+"-1", 8080, ep(fmt.Sprintf("10.244.%d.%d", i/250, i%250+1))))
+	}
+	client := fake.NewClientset(objs...)
+	kernel := &firstPlanKernel{}
+	p := newTestProxier(t, kernel, func(c *Config) { c.SyncPeriod = time.Hour })
+	// Handlers slower than the informers: they wait for the lock while the
+	// stores fill.
+	p.mu.Lock()
+	runWatch(t, p, client, klog.Background())
+	time.Sleep(300 * time.Millisecond)
+	p.mu.Unlock()
+	eventually(t, "the first sync", func() bool {
+		kernel.mu.Lock()
+		defer kernel.mu.Unlock()
+		return kernel.first != nil
+	})
+	kernel.mu.Lock()
+	defer kernel.mu.Unlock()
+	if got := kernel.first.Stats().ElementsAdded; got < 3*n {
+		t.Errorf("first sync added %d elements, want at least %d (%d services)", got, 3*n, n)
 	}
 }
