@@ -18,14 +18,15 @@ type message struct {
 }
 
 // maxElementBytes bounds the encoded elements of one NEWSETELEM/DELSETELEM
-// message. google/nftables v0.3.0 puts a whole element list into one netlink
-// attribute, whose length field is 16 bits: past 64 KiB the length silently
-// wraps and the kernel rejects the whole batch with a misleading ENOENT.
+// message: the element list is one netlink attribute, whose length field is
+// 16 bits. Past 64 KiB the length silently wraps and the kernel rejects the
+// whole batch with a misleading ENOENT.
 const maxElementBytes = 60 << 10
 
 // encoder builds netlink messages with google/nftables, which owns the
 // message formats, and hands them to nftproxy's transport (transport.go)
-// instead of a socket.
+// instead of a socket. Set elements, most of any transaction, are written
+// by encodeElements (elemencode.go) in the same format.
 type encoder struct {
 	conn     *nftables.Conn
 	captured []netlink.Message
@@ -78,6 +79,21 @@ func encodePlan(p *Plan) ([]message, error) {
 	}
 	var out []message
 	for _, o := range p.ops {
+		if o.kind == opAddElements || o.kind == opDeleteElements {
+			what := fmt.Sprintf("%s %d elements of set %s", map[bool]string{true: "delete", false: "add"}[o.kind == opDeleteElements], len(o.elements), o.set.Name)
+			msgs, err := encodeElements(p.family, p.table, o.set, o.elements, o.kind == opDeleteElements)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			for i, m := range msgs {
+				w := what
+				if len(msgs) > 1 {
+					w = fmt.Sprintf("%s (part %d of %d)", what, i+1, len(msgs))
+				}
+				out = append(out, message{msg: m, what: w})
+			}
+			continue
+		}
 		what, err := e.queue(o)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
@@ -142,31 +158,6 @@ func (e *encoder) queue(o op) (string, error) {
 			r.UserData = userdata.AppendString(nil, userdata.TypeComment, o.rule.Comment)
 		}
 		e.conn.AddRule(r)
-		return what, nil
-	case opAddElements, opDeleteElements:
-		verb := "add"
-		if o.kind == opDeleteElements {
-			verb = "delete"
-		}
-		what := fmt.Sprintf("%s %d elements of set %s", verb, len(o.elements), o.set.Name)
-		s, err := e.kernelSet(o.set)
-		if err != nil {
-			return what, err
-		}
-		elems, err := kernelElements(o.set, o.elements)
-		if err != nil {
-			return what, err
-		}
-		for _, chunk := range chunkElements(elems) {
-			if o.kind == opAddElements {
-				err = e.conn.SetAddElements(s, chunk)
-			} else {
-				err = e.conn.SetDeleteElements(s, chunk)
-			}
-			if err != nil {
-				return what, err
-			}
-		}
 		return what, nil
 	}
 	return "", fmt.Errorf("unknown operation %d", o.kind)
@@ -257,47 +248,6 @@ func kernelType(fields []Field) (nftables.SetDatatype, error) {
 	return nftables.ConcatSetType(types...)
 }
 
-// kernelElements lowers elements. Interval sets hold each range as a start
-// element and an end marker one past the range (none when the range runs to
-// the end of the address space), plus a leading end marker at zero, as nft
-// writes them.
-func kernelElements(s *Set, elems []Element) ([]nftables.SetElement, error) {
-	out := make([]nftables.SetElement, 0, len(elems))
-	concatInterval := s.Interval && len(s.Key) > 1
-	if s.Interval && !concatInterval && len(elems) > 0 {
-		zero := make([]byte, s.Key[0].size())
-		out = append(out, nftables.SetElement{Key: zero, IntervalEnd: true})
-	}
-	for _, e := range elems {
-		ke := nftables.SetElement{Key: e.keyBytes(), Comment: e.Comment}
-		if concatInterval {
-			// A pipapo element is a range per field, first to last value.
-			ends := make([]Datum, len(e.Key))
-			for i, d := range e.Key {
-				ends[i] = d.last()
-			}
-			ke.KeyEnd = concatBytes(ends)
-		}
-		switch {
-		case e.Verdict != nil:
-			v, err := kernelVerdict(*e.Verdict)
-			if err != nil {
-				return nil, err
-			}
-			ke.VerdictData = v
-		case e.Value != nil:
-			ke.Val = concatBytes(e.Value)
-		}
-		out = append(out, ke)
-		if s.Interval && !concatInterval {
-			if end, ok := intervalEnd(e.Key[0]); ok {
-				out = append(out, nftables.SetElement{Key: end, IntervalEnd: true})
-			}
-		}
-	}
-	return out, nil
-}
-
 // intervalEnd returns the first address after a prefix or address, and false
 // if it runs to the end of the address space.
 func intervalEnd(d Datum) ([]byte, bool) {
@@ -318,48 +268,6 @@ func intervalEnd(d Datum) ([]byte, bool) {
 		}
 	}
 	return nil, false
-}
-
-// chunkElements splits elements so that no message's element list passes
-// maxElementBytes.
-func chunkElements(elems []nftables.SetElement) [][]nftables.SetElement {
-	var chunks [][]nftables.SetElement
-	start, size := 0, 0
-	for i, e := range elems {
-		n := encodedElementSize(e)
-		if size+n > maxElementBytes && i > start {
-			chunks = append(chunks, elems[start:i])
-			start, size = i, 0
-		}
-		size += n
-	}
-	if start < len(elems) {
-		chunks = append(chunks, elems[start:])
-	}
-	return chunks
-}
-
-// encodedElementSize is an upper bound of one element's netlink encoding:
-// attribute headers, key, key end, data or verdict, flags and comment.
-func encodedElementSize(e nftables.SetElement) int {
-	align := func(n int) int { return (n + 3) &^ 3 }
-	n := 4 + 4 + 4 + align(len(e.Key)) // element nest, key nest, value
-	if len(e.KeyEnd) > 0 {
-		n += 8 + align(len(e.KeyEnd))
-	}
-	if len(e.Val) > 0 {
-		n += 8 + align(len(e.Val))
-	}
-	if e.VerdictData != nil {
-		n += 4 + 4 + 8 + 4 + align(len(e.VerdictData.Chain)+1)
-	}
-	if e.IntervalEnd {
-		n += 8
-	}
-	if e.Comment != "" {
-		n += 4 + 2 + align(len(e.Comment)+1+2)
-	}
-	return n
 }
 
 // patchSetUserData replaces the user data of a NEWSET message with nft's

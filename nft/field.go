@@ -311,12 +311,10 @@ func appendConcat(b []byte, data []Datum) []byte {
 		start := len(b)
 		switch d.kind {
 		case datumAddr, datumPrefix:
-			if d.ip().Is4() {
-				a := d.ip().As4()
-				b = append(b, a[:]...)
+			if d.v4 {
+				b = append(b, d.a[12:]...)
 			} else {
-				a := d.ip().As16()
-				b = append(b, a[:]...)
+				b = append(b, d.a[:]...)
 			}
 		case datumProto:
 			b = append(b, byte(d.num))

@@ -332,3 +332,12 @@ func kernelVerdict(v Verdict) (*expr.Verdict, error) {
 	}
 	return l.out[0].(*expr.Verdict), nil
 }
+
+// verdictCode is a verdict's kernel code (NFTA_VERDICT_CODE).
+func verdictCode(v Verdict) (int32, error) {
+	v2, err := kernelVerdict(Verdict{Kind: v.Kind})
+	if err != nil {
+		return 0, err
+	}
+	return int32(v2.Kind), nil
+}
