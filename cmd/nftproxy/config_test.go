@@ -124,7 +124,7 @@ iptables: {masqueradeAll: true}
 		want:    map[string]string{"nodeport-addresses": "primary,0.0.0.0/0,::/0,192.168.0.0/16"},
 		ignored: []string{"nodePortAddresses[localhost]"},
 	}, {
-		name: "conntrack sysctls, profiling, the OOM score and Windows settings are named",
+		name: "conntrack sysctls, the OOM score and Windows settings are named; profiling applies",
 		config: `conntrack: {maxPerCore: 32768, min: 131072, tcpEstablishedTimeout: 24h, tcpCloseWaitTimeout: 0s}
 enableProfiling: true
 oomScoreAdj: -999
@@ -135,8 +135,9 @@ logging: {format: json, flushFrequency: 5s}
 clientConnection: {acceptContentTypes: application/json}
 `,
 		ignored: []string{"clientConnection.acceptContentTypes", "configSyncPeriod", "conntrack.maxPerCore", "conntrack.min",
-			"conntrack.tcpEstablishedTimeout", "enableProfiling", "logging.flushFrequency", "logging.format", "oomScoreAdj",
+			"conntrack.tcpEstablishedTimeout", "logging.flushFrequency", "logging.format", "oomScoreAdj",
 			"windowsRunAsService", "winkernel.enableDSR"},
+		want: map[string]string{"profiling": "true"},
 	}, {
 		name:    "feature gates nftproxy has are accepted, others named",
 		config:  "featureGates: {PreferSameTrafficDistribution: true, KubeProxyNFTablesLocalhostNodePorts: true}\n",

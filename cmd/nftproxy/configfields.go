@@ -186,6 +186,17 @@ func settings() []setting {
 		},
 		serverSetting("healthz-bind-address", "healthzBindAddress", "10256", "::", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.HealthzBindAddress }),
 		serverSetting("metrics-bind-address", "metricsBindAddress", "10249", "::1", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.MetricsBindAddress }),
+		{
+			flag: "profiling",
+			read: func(c *kubeproxyconfig.KubeProxyConfiguration) (string, []string, bool, error) {
+				return strconv.FormatBool(c.EnableProfiling), []string{"enableProfiling"}, c.EnableProfiling, nil
+			},
+			write: func(c *kubeproxyconfig.KubeProxyConfiguration, v string) (bool, error) {
+				b, err := strconv.ParseBool(v)
+				c.EnableProfiling = b
+				return err == nil, err
+			},
+		},
 		checked(stringSetting("cluster-cidr", "clusterCIDR", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.ClusterCIDR }),
 			func(v string) error {
 				for cidr := range strings.SplitSeq(v, ",") {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 	"time"
@@ -44,6 +45,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	syncPeriod := fs.Duration("sync-period", def.SyncPeriod, "interval of the full resync that checks the kernel for drift")
 	healthzAddr := fs.String("healthz-bind-address", "0.0.0.0:10256", "address of /healthz, /livez and /readyz (empty: none)")
 	metricsAddr := fs.String("metrics-bind-address", "127.0.0.1:10249", "address of /metrics, kube-proxy's metrics (empty: none)")
+	profiling := fs.Bool("profiling", false, "serve Go's profiles under /debug/pprof/ on the metrics address, as kube-proxy's --profiling")
 	tableOwner := tableOwnerFlag(fs)
 	return func(ctx context.Context) error {
 		nodeName := *hostname
@@ -103,6 +105,13 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if *metricsAddr != "" {
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+			if *profiling {
+				mux.HandleFunc("/debug/pprof/", pprof.Index)
+				mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+				mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+				mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+				mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+			}
 			if err := serveHTTP(ctx, *metricsAddr, mux); err != nil {
 				return err
 			}
