@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -142,9 +143,16 @@ func (k *Kernel) clearOps(want *Table) ([]op, error) {
 	for _, s := range sets {
 		delSets = append(delSets, op{kind: opDeleteSet, set: &Set{Name: s.Name}})
 	}
+	// Counters the new table has are kept, values and all (re-adding one
+	// changes nothing): a replace after a failed sync or a restart does
+	// not reset them.
+	delCounters, err := staleCounterOps(c, want)
+	if err != nil {
+		return nil, err
+	}
 	// Rules go first (they refer to sets and chains), then sets (their
-	// elements refer to chains), then chains.
-	return append(append(flush, delSets...), delChains...), nil
+	// elements refer to chains and counters), then counters and chains.
+	return slices.Concat(flush, delSets, delCounters, delChains), nil
 }
 
 func sameKernelBase(c *nftables.Chain, b *BaseChain) bool {
