@@ -253,6 +253,17 @@ func TestKernelCountersMatchRender(t *testing.T) {
 	if got := counter("ns/svc-5/tcp/80/connections"); got.Packets != 7 || got.Bytes != 700 {
 		t.Fatalf("counter read back as %+v, want 7 packets, 700 bytes", got)
 	}
+	read, err := k.ReadTable(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(read.Counters, func(a, b *CounterObject) int { return strings.Compare(a.Name, b.Name) })
+	sorted := *first
+	sorted.Counters = slices.Clone(first.Counters)
+	slices.SortFunc(sorted.Counters, func(a, b *CounterObject) int { return strings.Compare(a.Name, b.Name) })
+	if diff := cmp.Diff(sortedRender(&sorted), sortedRender(read)); diff != "" {
+		t.Errorf("ReadTable (-want +read):\n%s", diff)
+	}
 
 	// An incremental change adds and removes counters and their elements;
 	// the others keep their values.

@@ -342,16 +342,15 @@ func (k *Kernel) Check(ctx context.Context, want *Table) (bool, error) {
 	if len(have) != len(want.Chains) {
 		return false, nil
 	}
+	rules, err := k.ruleComments(want.Name)
+	if err != nil {
+		return false, err
+	}
 	for _, wc := range want.Chains {
-		ch, ok := have[wc.Name]
-		if !ok {
+		if _, ok := have[wc.Name]; !ok {
 			return false, nil
 		}
-		rules, err := c.GetRules(kt, ch)
-		if err != nil {
-			return false, fmt.Errorf("list rules of chain %s: %w", wc.Name, err)
-		}
-		if len(rules) != len(wc.Rules) {
+		if len(rules[wc.Name]) != len(wc.Rules) {
 			return false, nil
 		}
 	}
