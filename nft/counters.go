@@ -114,3 +114,9 @@ func sortedCounterValues(vs []CounterValue) []CounterValue {
 	slices.SortFunc(vs, func(a, b CounterValue) int { return strings.Compare(a.Name, b.Name) })
 	return vs
 }
+
+// DiffCounters returns the counters of want that have lacks, and those of
+// have that want lacks.
+func DiffCounters(have, want []*CounterObject) (add, del []*CounterObject) {
+	return diffCounters(have, want)
+}
