@@ -36,8 +36,8 @@ import (
 // fragment is what one service contributes.
 type fragment struct {
 	// svc is the Service it was built from.
-	svc      *v1.Service
-	fams     [2]familyFragment
+	svc  *v1.Service
+	fams [2]familyFragment
 	// counters are the counter objects of the service's ports, in both
 	// families (with Config.ServiceCounters).
 	counters []*nft.CounterObject
