@@ -79,10 +79,13 @@ func itemBound(s *Set, it kernelItem) int {
 	if s.Interval && len(s.Key) > 1 {
 		n += 8 + align(keyLen)
 	}
-	if e.Verdict != nil {
+	switch {
+	case e.Verdict != nil:
 		n += 4 + 4 + 8 + 4 + align(len(e.Verdict.Chain)+1)
-	} else if len(e.Value) > 0 {
+	case len(e.Value) > 0:
 		n += 8 + align(datumsLen(e.Value))
+	case e.Object != "":
+		n += 8 + align(len(e.Object))
 	}
 	if e.Comment != "" {
 		n += 4 + 2 + align(len(e.Comment)+1+2)
@@ -223,6 +226,9 @@ func encodeItems(table string, s *Set, items []kernelItem, size int) ([]byte, er
 			a.b = appendConcat(a.b, e.Value)
 			a.end(v)
 			a.end(data)
+		case e.Object != "":
+			// An object map's element names its object.
+			a.str(unix.NFTA_SET_ELEM_OBJREF, e.Object)
 		}
 		if e.Comment != "" {
 			ud := a.begin(unix.NFTA_SET_ELEM_USERDATA)

@@ -39,6 +39,9 @@ func googleElementMessages(t *testing.T, s *Set, elems []Element, del bool) [][]
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := patchObjects(msgs, op{kind: opAddElements, set: s}); err != nil {
+		t.Fatal(err)
+	}
 	var out [][]byte
 	for _, m := range msgs {
 		out = append(out, append([]byte(fmt.Sprintf("%d/%d:", m.Header.Type, m.Header.Flags)), m.Data...))
@@ -61,7 +64,12 @@ func TestElementEncodingMatchesGoogle(t *testing.T) {
 		{Key: []Datum{Prefix(netip.MustParsePrefix("fd00::/64"))}},
 		{Key: []Datum{Prefix(netip.MustParsePrefix("::/0"))}},
 	}}
-	sets := append(tbl.Sets, extra, ranges)
+	counters := &Set{Name: "counters", Key: []Field{IPv4Daddr, L4Proto, THDport}, ObjectType: ObjectCounter}
+	for i := range 20 {
+		counters.Elements = append(counters.Elements, Element{Key: []Datum{
+			Addr(netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})), Proto(ProtoTCP), Port(80)}, Object: fmt.Sprintf("ns/svc-%d/tcp/80/connections", i)})
+	}
+	sets := append(tbl.Sets, extra, ranges, counters)
 	checked := 0
 	for _, s := range sets {
 		if len(s.Elements) == 0 || s.Dynamic {
@@ -122,6 +130,10 @@ func kernelElements(s *Set, elems []Element) ([]nftables.SetElement, error) {
 			ke.VerdictData = v
 		case e.Value != nil:
 			ke.Val = concatBytes(e.Value)
+		case e.Object != "":
+			// Carried as data; patchObjects turns it into the element's
+			// object reference.
+			ke.Val = []byte(e.Object)
 		}
 		out = append(out, ke)
 		if s.Interval && !concatInterval {

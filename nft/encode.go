@@ -107,6 +107,9 @@ func encodePlan(p *Plan) ([]message, error) {
 				return nil, fmt.Errorf("%s: %w", what, err)
 			}
 		}
+		if err := patchObjects(msgs, o); err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
 		for i, m := range msgs {
 			w := what
 			if len(msgs) > 1 {
@@ -123,6 +126,12 @@ func (e *encoder) queue(o op) (string, error) {
 	case opAddTable:
 		e.conn.AddTable(e.table)
 		return "add table " + e.table.Name, nil
+	case opAddCounter:
+		e.conn.AddObj(&nftables.CounterObj{Table: e.table, Name: o.counter.Name})
+		return "add counter " + o.counter.Name, nil
+	case opDeleteCounter:
+		e.conn.DeleteObject(&nftables.CounterObj{Table: e.table, Name: o.counter.Name})
+		return "delete counter " + o.counter.Name, nil
 	case opDeleteTable:
 		e.conn.DelTable(e.table)
 		return "delete table " + e.table.Name, nil
@@ -203,7 +212,9 @@ func (e *encoder) kernelSet(s *Set) (*nftables.Set, error) {
 		HasTimeout: s.Timeout > 0,
 		Timeout:    s.Timeout,
 		Dynamic:    s.Dynamic,
-		IsMap:      s.IsMap(),
+		// An object map is no map to google/nftables: patchObjects marks
+		// it as one.
+		IsMap: s.IsMap() && s.ObjectType == "",
 		// Concatenated intervals live in the kernel's pipapo sets, which
 		// need the field lengths; nft sets the flag only for those.
 		Concatenation: s.Interval && len(s.Key) > 1,
@@ -223,14 +234,16 @@ func kernelType(fields []Field) (nftables.SetDatatype, error) {
 	types := make([]nftables.SetDatatype, len(fields))
 	for i, f := range fields {
 		switch f.kind {
-		case fieldIPv4Saddr, fieldIPv4Daddr:
+		case fieldIPv4Saddr, fieldIPv4Daddr, fieldCtOrigIPv4Daddr:
 			types[i] = nftables.TypeIPAddr
-		case fieldIPv6Saddr, fieldIPv6Daddr:
+		case fieldIPv6Saddr, fieldIPv6Daddr, fieldCtOrigIPv6Daddr:
 			types[i] = nftables.TypeIP6Addr
 		case fieldL4Proto:
 			types[i] = nftables.TypeInetProto
-		case fieldTHDport:
+		case fieldTHDport, fieldCtOrigProtoDst:
 			types[i] = nftables.TypeInetService
+		case fieldCtDirection:
+			types[i] = nftables.TypeCTDir
 		case fieldMark:
 			types[i] = nftables.TypeMark
 		case fieldNumgen:

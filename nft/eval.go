@@ -136,7 +136,7 @@ func Evaluate(t *Table, p Packet, opts EvalOptions) ([]Outcome, error) {
 		if paths > opts.MaxPaths {
 			return nil, fmt.Errorf("evaluate %s: more than %d random paths", p, opts.MaxPaths)
 		}
-		r := &run{ev: ev, p: p, forced: forced, prob: 1}
+		r := &run{ev: ev, p: p, orig: p, forced: forced, prob: 1}
 		o, err := r.walk()
 		if err != nil {
 			return nil, fmt.Errorf("evaluate %s: %w", p, err)
@@ -252,6 +252,8 @@ func datumMatches(v, pattern Datum) bool {
 type run struct {
 	ev *evaluator
 	p  Packet
+	// orig is the packet as it arrived: conntrack's original direction.
+	orig Packet
 	// forced are the first random choices to make; later ones are 0.
 	forced         []uint32
 	choices, mods  []uint32
@@ -478,6 +480,13 @@ func (r *run) rule(c *Chain, i int, rule Rule) (result, error) {
 			r.p.Mark |= e.Bits
 		case SetMarkXor:
 			r.p.Mark ^= e.Bits
+		case ObjectMap:
+			// The named counter changes nothing for the packet, but a key
+			// the map lacks ends the rule.
+			el, ok, err := r.lookup(e.Map, e.Fields)
+			if err != nil || !ok || el == nil {
+				return next, err
+			}
 		case UpdateSet, Counter:
 			// Affinity entries and counters change nothing for this packet.
 		case Verdict:
@@ -535,6 +544,13 @@ func (r *run) field(f Field) (Datum, bool, error) {
 	case fieldNumgen:
 		n, err := r.choose(f.mod)
 		return Int(n), err == nil, err
+	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr:
+		return Addr(r.orig.Dst), r.orig.Dst.Is4() == (f.kind == fieldCtOrigIPv4Daddr), nil
+	case fieldCtOrigProtoDst:
+		return Port(r.orig.Dport), true, nil
+	case fieldCtDirection:
+		// The first packet of a connection goes in the original direction.
+		return CtDir(false), true, nil
 	}
 	return Datum{}, false, fmt.Errorf("cannot evaluate field %s", f)
 }

@@ -18,6 +18,12 @@ const (
 	fieldTHDport
 	fieldMark
 	fieldNumgen
+	// Conntrack fields (counters.go): the original direction's
+	// destination, whichever direction the packet goes.
+	fieldCtOrigIPv4Daddr
+	fieldCtOrigIPv6Daddr
+	fieldCtOrigProtoDst
+	fieldCtDirection
 )
 
 // Field is a packet (or packet metadata) field: the left side of a match, a
@@ -37,7 +43,24 @@ var (
 	L4Proto   = Field{kind: fieldL4Proto}   // meta l4proto
 	THDport   = Field{kind: fieldTHDport}   // th dport
 	Mark      = Field{kind: fieldMark}      // meta mark
+
+	CtOriginalIPv4Daddr = Field{kind: fieldCtOrigIPv4Daddr} // ct original ip daddr
+	CtOriginalIPv6Daddr = Field{kind: fieldCtOrigIPv6Daddr} // ct original ip6 daddr
+	// CtOriginalProtoDst is `ct original proto-dst`, the original
+	// destination port. nft 1.0.6 gives it a type (inet_service) only
+	// after a match on one protocol in the same rule, and refuses it in a
+	// concatenation without one.
+	CtOriginalProtoDst = Field{kind: fieldCtOrigProtoDst}
+	CtDirection        = Field{kind: fieldCtDirection} // ct direction
 )
+
+// CtOriginalDaddr returns ct original ip daddr or ct original ip6 daddr.
+func CtOriginalDaddr(ipv6 bool) Field {
+	if ipv6 {
+		return CtOriginalIPv6Daddr
+	}
+	return CtOriginalIPv4Daddr
+}
 
 // NumgenRandom is `numgen random mod n`: a random number in [0, n). As a set
 // key component (where n does not matter) it declares a 32-bit integer slot.
@@ -77,6 +100,14 @@ func (f Field) String() string {
 		return "meta mark"
 	case fieldNumgen:
 		return fmt.Sprintf("numgen random mod %d", f.mod)
+	case fieldCtOrigIPv4Daddr:
+		return "ct original ip daddr"
+	case fieldCtOrigIPv6Daddr:
+		return "ct original ip6 daddr"
+	case fieldCtOrigProtoDst:
+		return "ct original proto-dst"
+	case fieldCtDirection:
+		return "ct direction"
 	}
 	return fmt.Sprintf("field(%d)", f.kind)
 }
@@ -85,16 +116,18 @@ func (f Field) String() string {
 // type for it (numgen yields a plain integer, which only `typeof` can declare).
 func (f Field) typeName() string {
 	switch f.kind {
-	case fieldIPv4Saddr, fieldIPv4Daddr:
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldCtOrigIPv4Daddr:
 		return "ipv4_addr"
-	case fieldIPv6Saddr, fieldIPv6Daddr:
+	case fieldIPv6Saddr, fieldIPv6Daddr, fieldCtOrigIPv6Daddr:
 		return "ipv6_addr"
 	case fieldL4Proto:
 		return "inet_proto"
-	case fieldTHDport:
+	case fieldTHDport, fieldCtOrigProtoDst:
 		return "inet_service"
 	case fieldMark:
 		return "mark"
+	case fieldCtDirection:
+		return "ct_dir"
 	}
 	return ""
 }
@@ -102,20 +135,22 @@ func (f Field) typeName() string {
 // size is the field's length in bytes.
 func (f Field) size() int {
 	switch f.kind {
-	case fieldIPv4Saddr, fieldIPv4Daddr, fieldMark, fieldNumgen:
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldMark, fieldNumgen, fieldCtOrigIPv4Daddr:
 		return 4
-	case fieldIPv6Saddr, fieldIPv6Daddr:
+	case fieldIPv6Saddr, fieldIPv6Daddr, fieldCtOrigIPv6Daddr:
 		return 16
-	case fieldL4Proto:
+	case fieldL4Proto, fieldCtDirection:
 		return 1
-	case fieldTHDport:
+	case fieldTHDport, fieldCtOrigProtoDst:
 		return 2
 	}
 	return 0
 }
 
-// ipFamily is 4 or 6 for address fields (they need a `meta nfproto` check in
-// an inet table), 0 otherwise.
+// ipFamily is 4 or 6 for address fields of the packet (they need a `meta
+// nfproto` check in an inet table), 0 otherwise. Conntrack addresses need
+// none: the kernel's ct expression checks the connection's family itself,
+// and nft adds no check either.
 func (f Field) ipFamily() int {
 	switch f.kind {
 	case fieldIPv4Saddr, fieldIPv4Daddr:
@@ -128,6 +163,12 @@ func (f Field) ipFamily() int {
 
 func (f Field) accepts(d Datum, interval bool) bool {
 	switch f.kind {
+	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr:
+		return d.kind == datumAddr && d.ip().Is6() == (f.kind == fieldCtOrigIPv6Daddr)
+	case fieldCtOrigProtoDst:
+		return d.kind == datumPort
+	case fieldCtDirection:
+		return d.kind == datumCtDir
 	case fieldIPv4Saddr, fieldIPv4Daddr, fieldIPv6Saddr, fieldIPv6Daddr:
 		want6 := f.ipFamily() == 6
 		switch d.kind {
@@ -166,6 +207,7 @@ const (
 	datumProto
 	datumPort
 	datumInt
+	datumCtDir
 )
 
 // Datum is one typed value: an element key or data component, or the right
@@ -226,6 +268,15 @@ func Port(p uint16) Datum { return Datum{kind: datumPort, num: uint32(p)} }
 // Int is a 32-bit integer (a mark or a numgen slot).
 func Int(n uint32) Datum { return Datum{kind: datumInt, num: n} }
 
+// CtDir is a conntrack direction (ct_dir): the direction of the packet
+// relative to the one that opened the connection.
+func CtDir(reply bool) Datum {
+	if reply {
+		return Datum{kind: datumCtDir, num: 1}
+	}
+	return Datum{kind: datumCtDir}
+}
+
 func (d Datum) String() string {
 	switch d.kind {
 	case datumAddr:
@@ -247,6 +298,11 @@ func (d Datum) String() string {
 		return strconv.Itoa(int(d.num))
 	case datumPort, datumInt:
 		return strconv.FormatUint(uint64(d.num), 10)
+	case datumCtDir:
+		if d.num == 1 {
+			return "reply"
+		}
+		return "original"
 	}
 	return "?"
 }
@@ -275,7 +331,7 @@ func (d Datum) bytes() []byte {
 		return d.ip().AsSlice()
 	case datumPrefix:
 		return d.ip().AsSlice()
-	case datumProto:
+	case datumProto, datumCtDir:
 		return []byte{byte(d.num)}
 	case datumPort:
 		return binary.BigEndian.AppendUint16(nil, uint16(d.num))
@@ -316,7 +372,7 @@ func appendConcat(b []byte, data []Datum) []byte {
 			} else {
 				b = append(b, d.a[:]...)
 			}
-		case datumProto:
+		case datumProto, datumCtDir:
 			b = append(b, byte(d.num))
 		case datumPort:
 			b = binary.BigEndian.AppendUint16(b, uint16(d.num))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -142,9 +143,16 @@ func (k *Kernel) clearOps(want *Table) ([]op, error) {
 	for _, s := range sets {
 		delSets = append(delSets, op{kind: opDeleteSet, set: &Set{Name: s.Name}})
 	}
+	// Counters the new table has are kept, values and all (re-adding one
+	// changes nothing): a replace after a failed sync or a restart does
+	// not reset them.
+	delCounters, err := staleCounterOps(c, want)
+	if err != nil {
+		return nil, err
+	}
 	// Rules go first (they refer to sets and chains), then sets (their
-	// elements refer to chains), then chains.
-	return append(append(flush, delSets...), delChains...), nil
+	// elements refer to chains and counters), then counters and chains.
+	return slices.Concat(flush, delSets, delCounters, delChains), nil
 }
 
 func sameKernelBase(c *nftables.Chain, b *BaseChain) bool {
@@ -334,16 +342,15 @@ func (k *Kernel) Check(ctx context.Context, want *Table) (bool, error) {
 	if len(have) != len(want.Chains) {
 		return false, nil
 	}
+	rules, err := k.ruleComments(want.Name)
+	if err != nil {
+		return false, err
+	}
 	for _, wc := range want.Chains {
-		ch, ok := have[wc.Name]
-		if !ok {
+		if _, ok := have[wc.Name]; !ok {
 			return false, nil
 		}
-		rules, err := c.GetRules(kt, ch)
-		if err != nil {
-			return false, fmt.Errorf("list rules of chain %s: %w", wc.Name, err)
-		}
-		if len(rules) != len(wc.Rules) {
+		if len(rules[wc.Name]) != len(wc.Rules) {
 			return false, nil
 		}
 	}

@@ -109,6 +109,8 @@ func loadField(f Field, reg uint32) []expr.Any {
 		return []expr.Any{&expr.Meta{Key: expr.MetaKeyMARK, Register: reg}}
 	case fieldNumgen:
 		return []expr.Any{&expr.Numgen{Register: reg, Modulus: f.mod, Type: unix.NFT_NG_RANDOM}}
+	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr, fieldCtOrigProtoDst, fieldCtDirection:
+		return []expr.Any{loadCtField(f, reg)}
 	}
 	panic(fmt.Sprintf("nft: unknown field kind %d", f.kind))
 }

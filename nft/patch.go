@@ -9,6 +9,9 @@ import "slices"
 // instead, and the cost of a transaction stays proportional to the change,
 // not to the table.
 type Patch struct {
+	// AddCounters are new counter objects, added first; DeleteCounters
+	// are deleted last, once no element names them.
+	AddCounters, DeleteCounters []*CounterObject
 	// AddSets and AddChains create new sets and chains; the chains' rules
 	// are added.
 	AddSets   []*Set
@@ -41,7 +44,8 @@ type SetElements struct {
 // Empty reports whether the patch changes nothing.
 func (pt *Patch) Empty() bool {
 	return len(pt.AddSets)+len(pt.AddChains)+len(pt.ReplaceChains)+len(pt.FlushChains)+len(pt.DeleteElements)+
-		len(pt.FlushSets)+len(pt.AddElements)+len(pt.DeleteChains)+len(pt.DeleteSets) == 0
+		len(pt.FlushSets)+len(pt.AddElements)+len(pt.DeleteChains)+len(pt.DeleteSets)+
+		len(pt.AddCounters)+len(pt.DeleteCounters) == 0
 }
 
 // Plan returns the transaction of the patch, in the order Diff uses: what
@@ -49,6 +53,9 @@ func (pt *Patch) Empty() bool {
 // deleted is no longer referred to.
 func (pt *Patch) Plan(family Family, table string) *Plan {
 	p := &Plan{family: family, table: table}
+	for _, c := range pt.AddCounters {
+		p.ops = append(p.ops, op{kind: opAddCounter, counter: c})
+	}
 	for _, s := range pt.AddSets {
 		p.ops = append(p.ops, op{kind: opAddSet, set: s})
 	}
@@ -82,6 +89,9 @@ func (pt *Patch) Plan(family Family, table string) *Plan {
 	for _, s := range pt.DeleteSets {
 		p.ops = append(p.ops, op{kind: opDeleteSet, set: s})
 	}
+	for _, c := range pt.DeleteCounters {
+		p.ops = append(p.ops, op{kind: opDeleteCounter, counter: c})
+	}
 	return p
 }
 
@@ -98,6 +108,7 @@ func (p *Plan) ApplyTo(t *Table) *Table {
 	}
 	out := &Table{Family: p.family, Name: p.table}
 	if t != nil {
+		out.Counters = slices.Clone(t.Counters)
 		out.Sets = make([]*Set, len(t.Sets))
 		for i, s := range t.Sets {
 			c := *s
@@ -111,10 +122,25 @@ func (p *Plan) ApplyTo(t *Table) *Table {
 			out.Chains[i] = &cc
 		}
 	}
+	var counters map[string]bool // names in out.Counters, once needed
 	for _, o := range p.ops {
 		switch o.kind {
 		case opDeleteTable:
 			return nil
+		case opAddCounter:
+			if counters == nil {
+				counters = map[string]bool{}
+				for _, c := range out.Counters {
+					counters[c.Name] = true
+				}
+			}
+			if !counters[o.counter.Name] {
+				out.Counters = append(out.Counters, o.counter)
+				counters[o.counter.Name] = true
+			}
+		case opDeleteCounter:
+			out.Counters = slices.DeleteFunc(out.Counters, func(c *CounterObject) bool { return c.Name == o.counter.Name })
+			delete(counters, o.counter.Name)
 		case opAddSet:
 			if out.Set(o.set.Name) == nil {
 				c := *o.set

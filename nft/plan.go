@@ -20,6 +20,8 @@ const (
 	opAddRule
 	opAddElements
 	opDeleteElements
+	opAddCounter
+	opDeleteCounter
 )
 
 // op is one step of a transaction.
@@ -29,6 +31,7 @@ type op struct {
 	chain    *Chain
 	rule     Rule
 	elements []Element
+	counter  *CounterObject
 }
 
 // Plan is one transaction: the steps that turn the table the kernel holds
@@ -59,6 +62,7 @@ type Stats struct {
 	ChainsDeleted, RulesAdded      int
 	SetsAdded, SetsDeleted         int
 	ElementsAdded, ElementsDeleted int
+	CountersAdded, CountersDeleted int
 }
 
 // Stats returns the plan's counts.
@@ -82,6 +86,10 @@ func (p *Plan) Stats() Stats {
 			s.ElementsAdded += len(o.elements)
 		case opDeleteElements:
 			s.ElementsDeleted += len(o.elements)
+		case opAddCounter:
+			s.CountersAdded++
+		case opDeleteCounter:
+			s.CountersDeleted++
 		}
 	}
 	return s
@@ -93,6 +101,11 @@ func FullPlan(want *Table) *Plan {
 	p := &Plan{family: want.Family, table: want.Name, Replace: true, committed: want}
 	// "add" of an existing table is a no-op.
 	p.ops = append(p.ops, op{kind: opAddTable})
+	// Counters before the map elements that name them. Adding a counter
+	// that exists keeps its values.
+	for _, c := range want.Counters {
+		p.ops = append(p.ops, op{kind: opAddCounter, counter: c})
+	}
 	for _, s := range want.Sets {
 		p.ops = append(p.ops, op{kind: opAddSet, set: s})
 	}
@@ -135,9 +148,17 @@ func Diff(have, want *Table) *Plan {
 		return FullPlan(want)
 	}
 	p := &Plan{family: want.Family, table: want.Name}
-	committed := &Table{Family: want.Family, Name: want.Name, Sets: want.Sets, Chains: slices.Clone(want.Chains)}
+	committed := &Table{Family: want.Family, Name: want.Name, Counters: want.Counters, Sets: want.Sets, Chains: slices.Clone(want.Chains)}
 
-	var addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets []op
+	var addCounters, addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets, delCounters []op
+	newCounters, oldCounters := diffCounters(have.Counters, want.Counters)
+	for _, c := range newCounters {
+		addCounters = append(addCounters, op{kind: opAddCounter, counter: c})
+	}
+	// Counters go last, once no element names them.
+	for _, c := range oldCounters {
+		delCounters = append(delCounters, op{kind: opDeleteCounter, counter: c})
+	}
 	for _, ws := range want.Sets {
 		hs := have.Set(ws.Name)
 		if hs == nil {
@@ -203,13 +224,13 @@ func Diff(have, want *Table) *Plan {
 		flushChains = append(flushChains, op{kind: opFlushChain, chain: hc})
 		committed.Chains = append(committed.Chains, &Chain{Name: hc.Name, Base: hc.Base})
 	}
-	p.ops = slices.Concat(addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets)
+	p.ops = slices.Concat(addCounters, addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets, delCounters)
 	p.committed = committed
 	return p
 }
 
 func sameSetDefinition(a, b *Set) bool {
-	return slices.Equal(a.Key, b.Key) && slices.Equal(a.Value, b.Value) && a.Verdict == b.Verdict &&
+	return slices.Equal(a.Key, b.Key) && slices.Equal(a.Value, b.Value) && a.Verdict == b.Verdict && a.ObjectType == b.ObjectType &&
 		a.Interval == b.Interval && a.Timeout == b.Timeout && a.Dynamic == b.Dynamic && a.Comment == b.Comment
 }
 
@@ -283,7 +304,7 @@ func (p *Plan) String() string {
 		case opAddSet:
 			fmt.Fprintf(&b, "add %s %s %s { %s; ", setKind(o.set), obj, o.set.Name, setTypeDecl(o.set))
 			var tmp strings.Builder
-			renderSet(&tmp, &Set{Name: o.set.Name, Key: o.set.Key, Value: o.set.Value, Verdict: o.set.Verdict,
+			renderSet(&tmp, &Set{Name: o.set.Name, Key: o.set.Key, Value: o.set.Value, Verdict: o.set.Verdict, ObjectType: o.set.ObjectType,
 				Interval: o.set.Interval, Timeout: o.set.Timeout, Dynamic: o.set.Dynamic, Comment: o.set.Comment})
 			for _, line := range strings.Split(tmp.String(), "\n")[2:] {
 				if line = strings.TrimSpace(line); line != "" && line != "}" {
@@ -291,6 +312,10 @@ func (p *Plan) String() string {
 				}
 			}
 			b.WriteString("}\n")
+		case opAddCounter:
+			fmt.Fprintf(&b, "add counter %s %s\n", obj, o.counter.Name)
+		case opDeleteCounter:
+			fmt.Fprintf(&b, "delete counter %s %s\n", obj, o.counter.Name)
 		case opFlushSet:
 			fmt.Fprintf(&b, "flush %s %s %s\n", setKind(o.set), obj, o.set.Name)
 		case opDeleteSet:

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/userdata"
 )
 
 // UnreadRule stands for a rule of a chain read back from the kernel whose
@@ -41,6 +40,8 @@ func (UnreadRule) lower(*lowerer) error {
 //   - every set and map that is not dynamic holds the kernel's elements,
 //     decoded with the set's field types (interval sets as prefixes, also
 //     when the kernel holds them as start/end pairs or pipapo ranges);
+//   - the table holds the kernel's counter objects (without values; see
+//     Counters);
 //   - chains and sets the kernel lacks are missing, and those only the
 //     kernel has are added, without rules or key (their contents cannot be
 //     decoded);
@@ -67,19 +68,26 @@ func (k *Kernel) ReadTable(ctx context.Context, like *Table) (*Table, error) {
 		return nil, err
 	}
 	kt := &nftables.Table{Family: nftables.TableFamilyINet, Name: like.Name}
-	if err := readChains(ctx, c, kt, like, out); err != nil {
+	if err := k.readChains(ctx, c, kt, like, out); err != nil {
 		return nil, fmt.Errorf("read table %s: %w", like.Name, err)
 	}
-	if err := readSets(ctx, c, kt, like, out); err != nil {
+	if err := k.readSets(ctx, c, kt, like, out); err != nil {
+		return nil, fmt.Errorf("read table %s: %w", like.Name, err)
+	}
+	if out.Counters, err = readCounterObjects(c, kt, like); err != nil {
 		return nil, fmt.Errorf("read table %s: %w", like.Name, err)
 	}
 	return out, nil
 }
 
-func readChains(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, out *Table) error {
+func (k *Kernel) readChains(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, out *Table) error {
 	all, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return fmt.Errorf("list chains: %w", err)
+	}
+	comments, err := k.ruleComments(kt.Name)
+	if err != nil {
+		return err
 	}
 	kernel := map[string]*Chain{}
 	var names []string
@@ -90,13 +98,8 @@ func readChains(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like,
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rules, err := c.GetRules(kt, kc)
-		if err != nil {
-			return fmt.Errorf("list rules of chain %s: %w", kc.Name, err)
-		}
 		ch := &Chain{Name: kc.Name, Base: modelBase(kc)}
-		for _, r := range rules {
-			comment, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		for _, comment := range comments[kc.Name] {
 			ch.Rules = append(ch.Rules, Rule{Exprs: []Expr{UnreadRule{Comment: comment}}})
 		}
 		kernel[kc.Name] = ch
@@ -146,7 +149,7 @@ func modelBase(kc *nftables.Chain) *BaseChain {
 	return b
 }
 
-func readSets(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, out *Table) error {
+func (k *Kernel) readSets(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, out *Table) error {
 	sets, err := c.GetSets(kt)
 	if err != nil {
 		return fmt.Errorf("list sets: %w", err)
@@ -172,7 +175,12 @@ func readSets(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, o
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			elems, err := readElements(c, ks)
+			var elems []kernelElement
+			if ls.ObjectType != "" {
+				elems, err = k.readObjectMapElements(kt.Name, ls.Name)
+			} else {
+				elems, err = readElements(c, ks)
+			}
 			if err != nil {
 				return err
 			}
@@ -194,7 +202,10 @@ func readSets(ctx context.Context, c *nftables.Conn, kt *nftables.Table, like, o
 // elements: same kind, flags and lengths.
 func fitsDefinition(ks *nftables.Set, s *Set) bool {
 	verdict := ks.KeyType.Name == nftables.TypeVerdict.Name || ks.DataType.Name == nftables.TypeVerdict.Name
-	if ks.IsMap != s.IsMap() || verdict != s.Verdict || ks.Interval != s.Interval || ks.Dynamic != s.Dynamic {
+	// google/nftables v0.3.0 does not tell an object map from a set: the
+	// object references read back tell.
+	isMap := s.IsMap() && s.ObjectType == ""
+	if ks.IsMap != isMap || verdict != s.Verdict || ks.Interval != s.Interval || ks.Dynamic != s.Dynamic {
 		return false
 	}
 	// google/nftables v0.3.0 overwrites a verdict map's key type (and its
@@ -223,6 +234,8 @@ func concatLen(fields []Field) int {
 type kernelElement struct {
 	nftables.SetElement
 	verdict *Verdict
+	// object is the name of the object an object map element refers to.
+	object string
 }
 
 // readElements dumps a set's elements. google/nftables v0.3.0 leaves the
@@ -303,6 +316,11 @@ func decodeData(s *Set, ke kernelElement, e *Element) error {
 			return fmt.Errorf("element %x: data: %w", ke.Key, err)
 		}
 		e.Value = v
+	case s.ObjectType != "":
+		if ke.object == "" {
+			return fmt.Errorf("element %x: no object", ke.Key)
+		}
+		e.Object = ke.object
 	}
 	return nil
 }
@@ -479,6 +497,16 @@ func decodeDatum(f Field, b []byte) (Datum, error) {
 		return Port(binary.BigEndian.Uint16(b)), nil
 	case fieldMark, fieldNumgen:
 		return Int(binary.NativeEndian.Uint32(b)), nil
+	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr:
+		a, ok := netip.AddrFromSlice(b)
+		if !ok {
+			return Datum{}, fmt.Errorf("%x is not an address", b)
+		}
+		return Addr(a), nil
+	case fieldCtOrigProtoDst:
+		return Port(binary.BigEndian.Uint16(b)), nil
+	case fieldCtDirection:
+		return CtDir(b[0] == 1), nil
 	}
 	return Datum{}, fmt.Errorf("no decoding for %s", f)
 }

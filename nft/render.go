@@ -11,16 +11,23 @@ import (
 func Render(t *Table) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table %s %s {\n", t.Family, t.Name)
-	for i, s := range t.Sets {
-		if i > 0 {
+	// nft lists objects first, then sets, then chains, a blank line
+	// between any two.
+	sep := func(first bool) {
+		if !first {
 			b.WriteByte('\n')
 		}
+	}
+	for i, c := range t.Counters {
+		sep(i == 0)
+		renderCounter(&b, c)
+	}
+	for i, s := range t.Sets {
+		sep(i == 0 && len(t.Counters) == 0)
 		renderSet(&b, s)
 	}
 	for i, c := range t.Chains {
-		if i > 0 || len(t.Sets) > 0 {
-			b.WriteByte('\n')
-		}
+		sep(i == 0 && len(t.Counters) == 0 && len(t.Sets) == 0)
 		renderChain(&b, c)
 	}
 	b.WriteString("}\n")
@@ -85,6 +92,8 @@ func setTypeDecl(s *Set) string {
 		} else if len(s.Value) > 0 {
 			b.WriteString(" : ")
 			renderFields(&b, s.Value)
+		} else if s.ObjectType != "" {
+			b.WriteString(" : " + string(s.ObjectType))
 		}
 		return b.String()
 	}
@@ -95,6 +104,8 @@ func setTypeDecl(s *Set) string {
 	} else if len(s.Value) > 0 {
 		b.WriteString(" : ")
 		writeTypes(&b, s.Value)
+	} else if s.ObjectType != "" {
+		b.WriteString(" : " + string(s.ObjectType))
 	}
 	return b.String()
 }
@@ -120,6 +131,8 @@ func (e Element) render() string {
 		s += " : " + e.Verdict.String()
 	case e.Value != nil:
 		s += " : " + joinData(e.Value)
+	case e.Object != "":
+		s += fmt.Sprintf(" : %q", e.Object)
 	}
 	return s
 }

@@ -33,6 +33,8 @@ func (r Rule) validate(t *Table) error {
 			err = checkSetRef(t, e.Map, e.Fields, true, false)
 		case DNATMap:
 			err = checkSetRef(t, e.Map, e.Fields, false, true)
+		case ObjectMap:
+			err = e.validate(t)
 		case UpdateSet:
 			err = checkSetRef(t, e.Set, e.Fields, false, false)
 			if err == nil && !t.Set(e.Set).Dynamic {

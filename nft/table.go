@@ -50,13 +50,16 @@ const (
 	PrioritySrcNAT = 100
 )
 
-// Table is one nftables table and everything in it. Chains and sets are kept
-// in the order they were added, which is the order Render prints them.
+// Table is one nftables table and everything in it. Counters, sets and
+// chains are kept in the order they were added, which is the order Render
+// prints them.
 type Table struct {
 	Family Family
 	Name   string
-	Sets   []*Set
-	Chains []*Chain
+	// Counters are named counter objects (counters.go).
+	Counters []*CounterObject
+	Sets     []*Set
+	Chains   []*Chain
 }
 
 // NewTable returns an empty table.
@@ -98,14 +101,16 @@ func (t *Table) Chain(name string) *Chain {
 
 // Counts reports how many objects of each kind the table holds.
 type Counts struct {
-	Chains, Rules, Sets, Elements int
+	Chains, Rules, Sets, Elements, Counters int
 }
 
-// Count returns the number of chains, rules, sets and elements of the table.
+// Count returns the number of chains, rules, sets, elements and counter
+// objects of the table.
 func (t *Table) Count() Counts {
 	var c Counts
 	c.Chains = len(t.Chains)
 	c.Sets = len(t.Sets)
+	c.Counters = len(t.Counters)
 	for _, ch := range t.Chains {
 		c.Rules += len(ch.Rules)
 	}
@@ -125,6 +130,15 @@ func (t *Table) Validate() error {
 		return err
 	}
 	names := map[string]bool{}
+	for _, c := range t.Counters {
+		if err := validName("counter", c.Name); err != nil {
+			return fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		if names["counter "+c.Name] {
+			return fmt.Errorf("table %s: duplicate counter %s", t.Name, c.Name)
+		}
+		names["counter "+c.Name] = true
+	}
 	for _, s := range t.Sets {
 		if err := s.validate(); err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
@@ -147,6 +161,9 @@ func (t *Table) Validate() error {
 		for _, e := range s.Elements {
 			if v := e.Verdict; v != nil && v.Chain != "" && !names["chain "+v.Chain] {
 				return fmt.Errorf("table %s: set %s: element %s: %s to missing chain %s", t.Name, s.Name, e.renderKey(), v.Kind, v.Chain)
+			}
+			if e.Object != "" && !names[string(s.ObjectType)+" "+e.Object] {
+				return fmt.Errorf("table %s: set %s: element %s: missing %s %s", t.Name, s.Name, e.renderKey(), s.ObjectType, e.Object)
 			}
 		}
 	}
@@ -215,6 +232,9 @@ type Set struct {
 	Value []Field
 	// Verdict makes the set a verdict map.
 	Verdict bool
+	// ObjectType makes the set a map to named objects of that type: its
+	// elements name one each (Element.Object).
+	ObjectType ObjectType
 	// Interval allows prefixes and ranges as keys.
 	Interval bool
 	// Timeout gives elements a lifetime; with Dynamic, rules may add to the
@@ -227,8 +247,8 @@ type Set struct {
 	Elements []Element
 }
 
-// IsMap reports whether s is a map (data or verdict).
-func (s *Set) IsMap() bool { return s.Verdict || len(s.Value) > 0 }
+// IsMap reports whether s is a map (data, verdict or object).
+func (s *Set) IsMap() bool { return s.Verdict || len(s.Value) > 0 || s.ObjectType != "" }
 
 // AddElement appends an element.
 func (s *Set) AddElement(e Element) { s.Elements = append(s.Elements, e) }
@@ -242,6 +262,12 @@ func (s *Set) validate() error {
 	}
 	if s.Verdict && len(s.Value) > 0 {
 		return fmt.Errorf("set %s: a verdict map has no value fields", s.Name)
+	}
+	if s.ObjectType != "" && (s.Verdict || len(s.Value) > 0 || s.Interval || s.Dynamic) {
+		return fmt.Errorf("set %s: an object map has no verdicts, value fields, intervals or dynamic elements", s.Name)
+	}
+	if s.ObjectType != "" && s.ObjectType != ObjectCounter {
+		return fmt.Errorf("set %s: unsupported object type %q", s.Name, s.ObjectType)
 	}
 	if len(s.Comment) > maxCommentLen {
 		return fmt.Errorf("set %s: comment longer than %d bytes", s.Name, maxCommentLen)
@@ -273,10 +299,17 @@ func (s *Set) validateElement(e Element) error {
 		if err := matchFields(s.Value, e.Value, false); err != nil {
 			return fmt.Errorf("value: %w", err)
 		}
+	case s.ObjectType != "":
+		if e.Object == "" || e.Verdict != nil || e.Value != nil {
+			return fmt.Errorf("object map element without an object name, or with other data")
+		}
 	default:
 		if e.Verdict != nil || e.Value != nil {
 			return fmt.Errorf("set element with a value")
 		}
+	}
+	if e.Object != "" && s.ObjectType == "" {
+		return fmt.Errorf("element names an object, but the set is no object map")
 	}
 	if len(e.Comment) > maxCommentLen {
 		return fmt.Errorf("comment longer than %d bytes", maxCommentLen)
@@ -301,6 +334,8 @@ type Element struct {
 	Key     []Datum
 	Value   []Datum  // map data
 	Verdict *Verdict // verdict map data
+	// Object is the name of the object an object map element refers to.
+	Object  string
 	Comment string
 }
 
@@ -308,7 +343,7 @@ func (e Element) keyBytes() []byte { return concatBytes(e.Key) }
 
 // sameData reports whether two elements with the same key carry the same data.
 func (e Element) sameData(o Element) bool {
-	if e.Comment != o.Comment {
+	if e.Comment != o.Comment || e.Object != o.Object {
 		return false
 	}
 	if (e.Verdict == nil) != (o.Verdict == nil) {

@@ -61,7 +61,8 @@ func (u udata) addU32(typ byte, v uint32) udata {
 // setUserData returns the NFTA_SET_USERDATA nft would write for s.
 func setUserData(s *Set) ([]byte, error) {
 	u := udata{}.addU32(udataSetKeyByteorder, 0)
-	if s.IsMap() {
+	// nft writes no data byte order for an object map.
+	if s.IsMap() && s.ObjectType == "" {
 		u = u.addU32(udataSetDataByteorder, 0)
 	}
 	if fieldsNeedTypeof(s.Key) || fieldsNeedTypeof(s.Value) {

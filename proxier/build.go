@@ -108,7 +108,7 @@ func newBuilder(logger klog.Logger, cfg Config, node *v1.Node, cidrObjs []*netwo
 	}
 	cidrs := serviceCIDRs(logger, cfg, cidrObjs)
 	for i, f := range families() {
-		fc := &familyContext{f: f}
+		fc := &familyContext{f: f, counters: cfg.ServiceCounters}
 		for _, p := range cfg.ClusterCIDRs {
 			if p.Addr().Is6() == f.ipv6 {
 				fc.clusterCIDRs = append(fc.clusterCIDRs, p.Masked())
@@ -132,6 +132,7 @@ func newBuilder(logger klog.Logger, cfg Config, node *v1.Node, cidrObjs []*netwo
 // familyContext is what every service of one family is built against.
 type familyContext struct {
 	f             family
+	counters      bool // Config.ServiceCounters
 	nodePortAddrs []netip.Addr
 	clusterCIDRs  []netip.Prefix
 	local         localDetector
@@ -177,6 +178,7 @@ const (
 	chainFilterInput     = "filter-input"
 	chainFilterForward   = "filter-forward"
 	chainFilterOutput    = "filter-output"
+	chainServiceCounters = "service-counters"
 )
 
 // family names the objects of one IP family. Every object that holds
@@ -216,6 +218,10 @@ func (f family) affinityNodePortEndpoints() string {
 	return f.name("affinity-nodeport-endpoints")
 }
 func (f family) affinityLocalEndpoints() string { return f.name("affinity-local-endpoints") }
+func (f family) serviceConnections() string     { return f.name("service-connections") }
+func (f family) nodePortConnections() string    { return f.name("nodeport-connections") }
+func (f family) serviceTraffic() string         { return f.name("service-traffic") }
+func (f family) nodePortTraffic() string        { return f.name("nodeport-traffic") }
 func (f family) affinityNodePortLocalEndpoints() string {
 	return f.name("affinity-nodeport-local-endpoints")
 }
@@ -266,6 +272,8 @@ type familyBuild struct {
 	noEndpointServices, noEndpointNodePorts        []nft.Element
 	affinityEPs, affinityNodePortEPs               []nft.Element
 	affinityLocalEPs, affinityNodePortLocalEPs     []nft.Element
+	serviceConnections, nodePortConnections        []nft.Element
+	serviceTraffic, nodePortTraffic                []nft.Element
 	firewallIPs, firewallAllow                     []nft.Element
 	firewallNodePorts, firewallNodePortAllow       []nft.Element
 	serviceCIDRElems                               []nft.Element
@@ -324,8 +332,17 @@ const (
 	setAffinityNodePortEndpoints
 	setAffinityLocalEndpoints
 	setAffinityNodePortLocalEndpoints
+	// With Config.ServiceCounters only (counters.go).
+	setServiceConnections
+	setNodePortConnections
+	setServiceTraffic
+	setNodePortTraffic
 	numSets
 )
+
+// counterSet reports whether the set exists only with
+// Config.ServiceCounters.
+func counterSet(i int) bool { return i >= setServiceConnections && i <= setNodePortTraffic }
 
 // sharedSet reports whether several services may hold the same element of
 // the set (one ClusterIP, one endpoint). Every other set's elements are
@@ -342,6 +359,7 @@ func (fb *familyBuild) lists() [numSets]*[]nft.Element {
 		&fb.hairpin, &fb.noEndpointServices, &fb.noEndpointNodePorts, &fb.serviceCIDRElems,
 		&fb.firewallIPs, &fb.firewallAllow, &fb.firewallNodePorts, &fb.firewallNodePortAllow,
 		&fb.affinityEPs, &fb.affinityNodePortEPs, &fb.affinityLocalEPs, &fb.affinityNodePortLocalEPs,
+		&fb.serviceConnections, &fb.nodePortConnections, &fb.serviceTraffic, &fb.nodePortTraffic,
 	}
 }
 
@@ -373,6 +391,10 @@ func (f family) setDefs() [numSets]*nft.Set {
 		{Name: f.affinityNodePortEndpoints(), Key: slot(np), Verdict: true, Comment: "endpoint chain of each slot of a NodePort with session affinity"},
 		{Name: f.affinityLocalEndpoints(), Key: slot(vip), Verdict: true, Comment: "local endpoint chain of each slot, session affinity with a Local policy"},
 		{Name: f.affinityNodePortLocalEndpoints(), Key: slot(np), Verdict: true, Comment: "local endpoint chain of each slot of a Local NodePort with session affinity"},
+		{Name: f.serviceConnections(), Key: vip, ObjectType: nft.ObjectCounter, Comment: "connection counter of each service IP port"},
+		{Name: f.nodePortConnections(), Key: np, ObjectType: nft.ObjectCounter, Comment: "connection counter of each NodePort"},
+		{Name: f.serviceTraffic(), Key: trafficKey(f.ipv6, false), ObjectType: nft.ObjectCounter, Comment: "traffic counter of each service IP port and direction"},
+		{Name: f.nodePortTraffic(), Key: trafficKey(f.ipv6, true), ObjectType: nft.ObjectCounter, Comment: "traffic counter of each NodePort and direction"},
 	}
 }
 
@@ -434,6 +456,7 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 		return nil
 	}
 	frag := &fragment{svc: svc}
+	var counters smallSet[string]
 	report := func(reason, message string) {
 		p := Problem{Service: key, Reason: reason, Message: message}
 		if slices.Contains(frag.problems, p) {
@@ -447,6 +470,14 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 	for i, fc := range b.fams {
 		fb := newFamilyBuild(fc, wins)
 		for _, sp := range servicePorts(report, b.cfg, svc, fc.f.ipv6) {
+			if b.cfg.ServiceCounters {
+				for _, kind := range counterKinds {
+					if name := counterName(sp, kind); !counters.has(name) {
+						counters.add(name)
+						frag.counters = append(frag.counters, &nft.CounterObject{Name: name})
+					}
+				}
+			}
 			eps := endpointsFor(b.logger, sp, epSlices, fc.f.ipv6)
 			cluster, local, hasAny := categorizeEndpoints(eps, sp, b.cfg.NodeName, b.zone)
 			fb.addServicePort(report, sp, cluster, local, hasAny)

@@ -101,9 +101,18 @@ func (b *builder) addFixedChains(t *nft.Table, built []*familyContext) {
 			exprs := append([]nft.Expr{toClusterIP}, fc.local.ifNotLocal()...)
 			svc.AddRuleWithComment("masquerade off-cluster traffic to ClusterIPs", append(exprs, masq)...)
 		}
+		if b.cfg.ServiceCounters {
+			svc.AddRule(countConnections(fc.f, false)...)
+		}
 		svc.AddRule(nft.VerdictMap{Fields: []nft.Field{daddr, nft.L4Proto, nft.THDport}, Map: fc.f.serviceIPs()})
+		if b.cfg.ServiceCounters {
+			svc.AddRule(countConnections(fc.f, true)...)
+		}
 		svc.AddRule(nft.SetMatch{Fields: []nft.Field{daddr}, Set: fc.f.nodePortIPs()},
 			nft.VerdictMap{Fields: []nft.Field{nft.L4Proto, nft.THDport}, Map: fc.f.nodePorts()})
+	}
+	if b.cfg.ServiceCounters {
+		addCounterChain(t, built)
 	}
 
 	m := t.AddChain(&nft.Chain{Name: chainMasquerade})
@@ -126,6 +135,9 @@ func (b *builder) addFixedChains(t *nft.Table, built []*familyContext) {
 	// pods and outside), local (NodePorts on this node) and originated here.
 	filter := func(name string, hook nft.Hook, checks ...string) {
 		c := t.AddChain(&nft.Chain{Name: name, Base: &nft.BaseChain{Type: nft.ChainTypeFilter, Hook: hook, Priority: nft.PriorityFilter}})
+		if b.cfg.ServiceCounters {
+			c.AddRule(countTraffic(hook)...)
+		}
 		for _, check := range checks {
 			c.AddRule(nft.CtStateNew{}, nft.Jump(check))
 		}

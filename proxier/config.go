@@ -53,6 +53,10 @@ type Config struct {
 	LBSourceRangesForNodePorts bool
 	// MasqueradeAll masquerades all traffic to ClusterIPs.
 	MasqueradeAll bool
+	// ServiceCounters counts the connections, packets and bytes of each
+	// service port in named nftables counters (--service-counters; see
+	// counters.go).
+	ServiceCounters bool
 	// MasqueradeBit is the bit of the packet mark that asks for masquerade
 	// (kube-proxy's default is 14).
 	MasqueradeBit int

@@ -32,6 +32,7 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 		fb.clusterIPs = append(fb.clusterIPs, nft.Element{Key: []nft.Datum{nft.Addr(sp.clusterIP)}})
 	}
 	if key, ok := fb.claimVIP(report, sp, sp.clusterIP); ok {
+		fb.countKey(sp, key, false)
 		switch {
 		case !hasInternal:
 			fb.noEndpointServices = append(fb.noEndpointServices, nft.Element{Key: key, Verdict: &noEndpoints, Comment: comment})
@@ -58,6 +59,7 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 
 	for _, ip := range sp.external {
 		if key, ok := fb.claimVIP(report, sp, ip); ok {
+			fb.countKey(sp, key, false)
 			fb.addExternal(sp, key, false, cluster, local, hasEndpoints, hasExternal, noEndpoints)
 		}
 	}
@@ -78,6 +80,7 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 	}
 	fb.won.add(id)
 	key := []nft.Datum{nft.Proto(sp.proto), nft.Port(sp.nodePort)}
+	fb.countKey(sp, key, true)
 	fb.addExternal(sp, key, true, cluster, local, hasEndpoints, hasExternal, noEndpoints)
 }
 

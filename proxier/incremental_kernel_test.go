@@ -26,6 +26,15 @@ import (
 // with a fresh build of the same objects loaded by nft from its text: the
 // patches, encoded to netlink, leave exactly the table a dump describes.
 func TestIncrementalSyncInKernel(t *testing.T) {
+	t.Run("without counters", func(t *testing.T) { incrementalSyncInKernel(t, testConfig()) })
+	t.Run("with service counters", func(t *testing.T) {
+		cfg := testConfig()
+		cfg.ServiceCounters = true
+		incrementalSyncInKernel(t, cfg)
+	})
+}
+
+func incrementalSyncInKernel(t *testing.T, cfg Config) {
 	testnet.RequireRoot(t)
 	viaNetlink := testnet.NewNS(t, "incr")
 	viaText := testnet.NewNS(t, "incr-txt")
@@ -37,7 +46,7 @@ func TestIncrementalSyncInKernel(t *testing.T) {
 	for seed := range uint64(3) {
 		r := rand.New(rand.NewPCG(seed, 2))
 		kernel := &countingKernel{Interface: nft.NewKernel(nft.WithNetNS(viaNetlink.Fd()))}
-		p, err := New(testConfig(), kernel)
+		p, err := New(cfg, kernel)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +60,7 @@ func TestIncrementalSyncInKernel(t *testing.T) {
 			if err := p.Sync(t.Context()); err != nil {
 				t.Fatalf("seed %d step %d: sync: %v", seed, step, err)
 			}
-			want := Build(logr.Discard(), testConfig(), recorded(p, node))
+			want := Build(logr.Discard(), cfg, recorded(p, node))
 			// The kernel also holds idle shared chains and the chains the
 			// last sync flushed, which the next deletes.
 			for _, c := range p.state.leftovers() {

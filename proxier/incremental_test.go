@@ -18,7 +18,8 @@ import (
 // without the empty chains a transaction flushed for the next to delete
 // (absent from want), so tables holding the same things compare equal.
 func canonical(t, want *nft.Table) string {
-	c := &nft.Table{Family: t.Family, Name: t.Name}
+	c := &nft.Table{Family: t.Family, Name: t.Name, Counters: slices.Clone(t.Counters)}
+	slices.SortFunc(c.Counters, func(a, b *nft.CounterObject) int { return strings.Compare(a.Name, b.Name) })
 	for _, s := range t.Sets {
 		cs := *s
 		cs.Elements = slices.Clone(s.Elements)
@@ -99,11 +100,11 @@ func recorded(p *Proxier, node *v1.Node) State {
 // checkIncremental moves a proxier through random states and checks, after
 // every sync, that the kernel holds exactly what a fresh build of the same
 // objects gives. It returns how many syncs were partial.
-func checkIncremental(t *testing.T, seed uint64, steps int) (partial int) {
+func checkIncremental(t *testing.T, cfg Config, seed uint64, steps int) (partial int) {
 	t.Helper()
 	r := rand.New(rand.NewPCG(seed, 1))
 	kernel := &nft.Fake{}
-	p, err := New(testConfig(), kernel)
+	p, err := New(cfg, kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,7 @@ func checkIncremental(t *testing.T, seed uint64, steps int) (partial int) {
 		if !kernel.LastPlan().Replace {
 			partial++
 		}
-		want := Build(logr.Discard(), testConfig(), recorded(p, node))
+		want := Build(logr.Discard(), cfg, recorded(p, node))
 		// The kernel also holds idle shared chains and the chains the last
 		// sync flushed (empty), which the next deletes.
 		for _, c := range p.state.leftovers() {
@@ -162,7 +163,7 @@ func lineDiff(a, b string) string {
 func TestIncrementalSyncMatchesBuild(t *testing.T) {
 	partial := 0
 	for seed := range uint64(40) {
-		partial += checkIncremental(t, seed, 12)
+		partial += checkIncremental(t, testConfig(), seed, 12)
 	}
 	// Most syncs must take the partial path, or this tests nothing.
 	if partial < 40*12/2 {
@@ -170,11 +171,25 @@ func TestIncrementalSyncMatchesBuild(t *testing.T) {
 	}
 }
 
+// TestIncrementalSyncMatchesBuildWithCounters: the same with service
+// counters, whose objects and map elements come and go with the ports.
+func TestIncrementalSyncMatchesBuildWithCounters(t *testing.T) {
+	cfg := testConfig()
+	cfg.ServiceCounters = true
+	partial := 0
+	for seed := range uint64(20) {
+		partial += checkIncremental(t, cfg, seed, 12)
+	}
+	if partial < 20*12/2 {
+		t.Errorf("%d of %d syncs were partial; want most", partial, 20*12)
+	}
+}
+
 func FuzzIncrementalSync(f *testing.F) {
 	for _, seed := range []uint64{0, 3, 42} {
 		f.Add(seed)
 	}
-	f.Fuzz(func(t *testing.T, seed uint64) { checkIncremental(t, seed, 8) })
+	f.Fuzz(func(t *testing.T, seed uint64) { checkIncremental(t, testConfig(), seed, 8) })
 }
 
 // TestPartialSyncTouchesOnlyTheChange: one endpoint added to one service

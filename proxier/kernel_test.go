@@ -90,11 +90,17 @@ func packetCluster(t *testing.T) (*testnet.Cluster, []runtime.Object) {
 // startProxier runs the real proxier fed by informers on a fake clientset,
 // programming the node namespace, until the test ends or stop is called.
 func startProxier(t *testing.T, c *testnet.Cluster, client *fake.Clientset, opts ...Option) (stop func()) {
+	return startProxierWith(t, c, client, func(*Config) {}, opts...)
+}
+
+// startProxierWith is startProxier with a change to the configuration.
+func startProxierWith(t *testing.T, c *testnet.Cluster, client *fake.Clientset, change func(*Config), opts ...Option) (stop func()) {
 	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2)))
 	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	cfg := testConfig()
 	cfg.MinSyncPeriod = 10 * time.Millisecond
 	cfg.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")}
+	change(&cfg)
 	p, err := New(cfg, nft.NewKernel(nft.WithNetNS(c.Node.Fd())), opts...)
 	if err != nil {
 		t.Fatal(err)

@@ -36,8 +36,11 @@ import (
 // fragment is what one service contributes.
 type fragment struct {
 	// svc is the Service it was built from.
-	svc      *v1.Service
-	fams     [2]familyFragment
+	svc  *v1.Service
+	fams [2]familyFragment
+	// counters are the counter objects of the service's ports, in both
+	// families (with Config.ServiceCounters).
+	counters []*nft.CounterObject
 	problems []Problem
 	health   *healthcheck.Check
 	udp      map[UDPDestination][]netip.AddrPort
@@ -337,6 +340,7 @@ func (ts *tableState) assemble(withElements, withStale bool) *Rules {
 		f := ts.frags[k]
 		r.Problems = append(r.Problems, f.problems...)
 		maps.Copy(r.UDPEndpoints, f.udp)
+		r.Table.Counters = append(r.Table.Counters, f.counters...)
 	}
 	built := ts.built()
 	var contexts []*familyContext
@@ -346,6 +350,9 @@ func (ts *tableState) assemble(withElements, withStale bool) *Rules {
 		contexts = append(contexts, fc)
 		defs := fc.f.setDefs()
 		for i, s := range defs {
+			if counterSet(i) && !fc.counters {
+				continue
+			}
 			switch {
 			case !withElements:
 			case i == setNodePortIPs:
@@ -654,6 +661,21 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 		}
 	}
 	ts.stale = flushed
+	// A service port's counters are its own: added and deleted with it,
+	// and left alone (values and all) while it stays.
+	for _, k := range keys {
+		o, n := frags(k)
+		var oldCounters, newCounters []*nft.CounterObject
+		if o != nil {
+			oldCounters = o.counters
+		}
+		if n != nil {
+			newCounters = n.counters
+		}
+		add, del := nft.DiffCounters(oldCounters, newCounters)
+		pt.AddCounters = append(pt.AddCounters, add...)
+		pt.DeleteCounters = append(pt.DeleteCounters, del...)
+	}
 
 	empty := map[UDPDestination][]netip.AddrPort{}
 	for _, k := range keys {

@@ -91,6 +91,9 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err := kernel.CheckOwnership(); err != nil {
 			return fmt.Errorf("--table-owner: %w", err)
 		}
+		if cfg.ServiceCounters {
+			reg.MustRegister(proxier.NewServiceCounterCollector(klog.FromContext(ctx), kernel))
+		}
 		p, err = proxier.New(cfg, kernel, proxier.WithServiceHealthServer(health),
 			proxier.WithConntrack(conntrack.New(-1)), proxier.WithMetrics(proxier.NewMetrics(reg)),
 			proxier.WithEventRecorder(recorder))

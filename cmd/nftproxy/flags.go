@@ -35,6 +35,7 @@ type ruleFlags struct {
 	nodeIPs           listFlag
 	masqueradeAll     bool
 	lbRangesNodePorts bool
+	serviceCounters   bool
 	masqueradeBit     int
 	serviceProxyName  string
 	detectLocalMode   string
@@ -56,6 +57,7 @@ func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
 	fs.StringVar(&rf.detectLocalMode, "detect-local-mode", "", "how pod traffic is recognised: ClusterCIDR (default), NodeCIDR, BridgeInterface or InterfaceNamePrefix")
 	fs.StringVar(&rf.podBridge, "pod-bridge-interface", "", "the pods' bridge, for --detect-local-mode=BridgeInterface")
 	fs.StringVar(&rf.podIfacePrefix, "pod-interface-name-prefix", "", "the prefix of pod interfaces' names, for --detect-local-mode=InterfaceNamePrefix")
+	fs.BoolVar(&rf.serviceCounters, "service-counters", false, "count connections, packets and bytes of each service port in nftables counters (nftproxy_service_*_total metrics, nftproxy top)")
 	fs.StringVar(&rf.serviceProxyName, "service-proxy-name", "", "proxy only Services labelled service.kubernetes.io/service-proxy-name with this value (unlabelled ones when empty)")
 	return rf
 }
@@ -66,6 +68,7 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 	cfg.NodeName = nodeName
 	cfg.MasqueradeAll = rf.masqueradeAll
 	cfg.LBSourceRangesForNodePorts = rf.lbRangesNodePorts
+	cfg.ServiceCounters = rf.serviceCounters
 	cfg.MasqueradeBit = rf.masqueradeBit
 	cfg.ServiceProxyName = rf.serviceProxyName
 	cfg.DetectLocalMode, cfg.PodBridgeInterface, cfg.PodInterfaceNamePrefix = rf.detectLocalMode, rf.podBridge, rf.podIfacePrefix

@@ -10,6 +10,7 @@
 //	nftproxy diff                 what the next sync would change
 //	nftproxy trace --src A --dst B --dport P
 //	                              what the rules do with a packet
+//	nftproxy top                  the service counters, live
 package main
 
 import (
@@ -42,6 +43,7 @@ func commands() []command {
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
 		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
 		{"trace", "explain what the rules do with a packet", traceFlags},
+		{"top", "show the service counters live, busiest first (--service-counters)", topFlags},
 		{"version", "print the version", versionFlags},
 	}
 }

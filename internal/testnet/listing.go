@@ -6,15 +6,20 @@ import (
 	"strings"
 )
 
-// counterRE matches a counter's values.
-var counterRE = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+// counterRE matches a counter's values; objectValuesRE those of a named
+// counter object.
+var (
+	counterRE      = regexp.MustCompile(`counter packets \d+ bytes \d+`)
+	objectValuesRE = regexp.MustCompile(`(?m)^(\s*)packets \d+ bytes \d+$`)
+)
 
 // NormalizeListing makes two listings of the same table comparable: set
 // elements sorted (the kernel lists them in hash order), sets and chains
 // sorted by name (a replaced table keeps the base chains it had first),
-// counters zeroed, whitespace trimmed.
+// counter objects too, counters zeroed, whitespace trimmed.
 func NormalizeListing(s string) string {
 	s = counterRE.ReplaceAllString(s, "counter")
+	s = objectValuesRE.ReplaceAllString(s, "${1}packets 0 bytes 0")
 	// The table's closing brace is not part of its last block.
 	s = strings.TrimSuffix(strings.TrimSpace(s), "}")
 	var blocks [][]string
@@ -36,7 +41,8 @@ func NormalizeListing(s string) string {
 			}
 			slices.Sort(items)
 			line = "elements = { " + strings.Join(items, ", ") + " }"
-		case strings.HasPrefix(line, "chain "), strings.HasPrefix(line, "set "), strings.HasPrefix(line, "map "):
+		case strings.HasPrefix(line, "chain "), strings.HasPrefix(line, "set "), strings.HasPrefix(line, "map "),
+			strings.HasPrefix(line, "counter ") && strings.HasSuffix(line, "{"):
 			blocks = append(blocks, nil)
 		}
 		if len(blocks) == 0 {

@@ -1,0 +1,72 @@
+package nft
+
+import (
+	"fmt"
+
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ruleComments lists the comments of the table's rules ("" for a rule
+// without one), by chain, in the chains' order, in one dump. Check and
+// ReadTable need no more of a rule; google/nftables v0.3.0's GetRules
+// would also decode the expressions, and fails on a conntrack load of the
+// original direction (the kernel dumps its direction as one byte, as nft
+// writes it; v0.3.0 wants four).
+func (k *Kernel) ruleComments(table string) (map[string][]string, error) {
+	cfg := &netlink.Config{}
+	if k.t.netns >= 0 {
+		cfg.NetNS = k.t.netns
+	}
+	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("list rules: open netlink socket: %w", err)
+	}
+	defer conn.Close()
+	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
+		{Type: unix.NFTA_RULE_TABLE, Data: append([]byte(table), 0)},
+	})
+	if err != nil {
+		return nil, err
+	}
+	req := netlink.Message{
+		Header: netlink.Header{
+			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
+			Flags: netlink.Request | netlink.Dump,
+		},
+		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	}
+	replies, err := conn.Execute(req)
+	if err != nil {
+		return nil, fmt.Errorf("list rules: %w", err)
+	}
+	out := map[string][]string{}
+	for _, m := range replies {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return nil, fmt.Errorf("list rules: %w", err)
+		}
+		var tbl, chain, comment string
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_RULE_TABLE:
+				tbl = ad.String()
+			case unix.NFTA_RULE_CHAIN:
+				chain = ad.String()
+			case unix.NFTA_RULE_USERDATA:
+				comment, _ = userdata.GetString(ad.Bytes(), userdata.TypeComment)
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return nil, fmt.Errorf("list rules: %w", err)
+		}
+		if tbl == table {
+			out[chain] = append(out[chain], comment)
+		}
+	}
+	return out, nil
+}
