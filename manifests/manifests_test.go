@@ -237,6 +237,13 @@ func TestDaemonSet(t *testing.T) {
 			t.Errorf("%s probe gets %s on port %s, want %s on 10256", p.name, g.Path, g.Port.String(), p.path)
 		}
 	}
+	// Metrics are scraped the usual way: a port named metrics and
+	// Prometheus' pod annotations pointing to it.
+	ann := ds.Spec.Template.Annotations
+	if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "metrics" && p.ContainerPort == 10249 }) ||
+		ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != "10249" {
+		t.Errorf("metrics not scrapable: ports %+v, annotations %v", c.Ports, ann)
+	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
 		t.Error("no CPU or memory request")
 	}
