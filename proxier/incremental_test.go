@@ -128,6 +128,11 @@ func checkIncremental(t *testing.T, cfg Config, seed uint64, steps int) (partial
 		if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
 			t.Fatalf("seed %d step %d: kernel differs from a fresh build\nlast plan:\n%s\ndiff:\n%s", seed, step, kernel.LastPlan(), lineDiff(want, got))
 		}
+		// The counts the daemon reports follow the kernel without
+		// assembling the table.
+		if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+			t.Fatalf("seed %d step %d: object counts %+v, the kernel holds %+v", seed, step, got, want)
+		}
 	}
 	return partial
 }

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nftproxy/nftproxy/nft"
 )
 
 // Metrics are kube-proxy's metrics, with its names, labels and buckets, so
@@ -23,6 +25,8 @@ type Metrics struct {
 	repairs                                             prometheus.Counter
 	conntrackDuration                                   *prometheus.HistogramVec
 	conntrackDeleted                                    *prometheus.CounterVec
+	tableObjects                                        *prometheus.GaugeVec
+	transactionElements                                 prometheus.Histogram
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -70,7 +74,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "ReconcileConntrackFlowsLatency latency in seconds", Buckets: syncBuckets}, family),
 		conntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Subsystem: "kubeproxy", Name: "conntrack_reconciler_deleted_entries_total",
 			Help: "Cumulative conntrack flows deleted by conntrack reconciler"}, family),
+		tableObjects: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "nftproxy_table_objects",
+			Help: "Objects in nftproxy's table after the last sync, by kind (chains, rules, sets, elements, counters)"}, []string{"kind"}),
+		transactionElements: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nftproxy_sync_transaction_elements",
+			Help: "Set elements added and deleted by each sync's transaction", Buckets: prometheus.ExponentialBuckets(1, 4, 11)}),
 	}
+	reg.MustRegister(m.tableObjects, m.transactionElements)
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
 		m.programmingLatency, m.endpointChangesPending, m.endpointChanges, m.serviceChangesPending, m.serviceChanges,
 		m.noLocalEndpoints, m.syncFailures, m.healthz, m.livez, m.repairs, m.conntrackDuration, m.conntrackDeleted)
@@ -179,4 +188,16 @@ func (m *Metrics) healthChecked(path string, code int) {
 	case "/livez":
 		m.livez.With(label).Inc()
 	}
+}
+
+// tableSynced records the table's objects and the size of the transaction
+// that made it.
+func (m *Metrics) tableSynced(c nft.Counts, elementsChanged int) {
+	if m == nil {
+		return
+	}
+	for kind, n := range map[string]int{"chains": c.Chains, "rules": c.Rules, "sets": c.Sets, "elements": c.Elements, "counters": c.Counters} {
+		m.tableObjects.WithLabelValues(kind).Set(float64(n))
+	}
+	m.transactionElements.Observe(float64(elementsChanged))
 }

@@ -63,6 +63,17 @@ kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_pol
 	if got := testutil.ToFloat64(p.metrics.endpointChangesPending); got != 0 {
 		t.Errorf("endpoint changes pending after the sync: %v", got)
 	}
+	// nftproxy's own figures: the table's objects as the kernel holds
+	// them, and the transaction's size.
+	want := fake.Table.Count()
+	for kind, n := range map[string]int{"chains": want.Chains, "rules": want.Rules, "sets": want.Sets, "elements": want.Elements} {
+		if got := testutil.ToFloat64(p.metrics.tableObjects.WithLabelValues(kind)); got != float64(n) {
+			t.Errorf("nftproxy_table_objects{kind=%q} = %v, the table holds %d", kind, got, n)
+		}
+	}
+	if h := families["nftproxy_sync_transaction_elements"].GetMetric()[0].GetHistogram(); h.GetSampleCount() != 1 || h.GetSampleSum() != float64(want.Elements) {
+		t.Errorf("transaction elements: %d samples, sum %v; want one of %d (the first sync adds every element)", h.GetSampleCount(), h.GetSampleSum(), want.Elements)
+	}
 }
 
 func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily {

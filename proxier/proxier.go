@@ -462,6 +462,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	// starts it (at the latest the periodic one), deletes them. A sync of
 	// their own would hold back the next change by MinSyncPeriod.
 	stats := res.plan.Stats()
+	p.metrics.tableSynced(p.state.objectCounts(), stats.ElementsAdded+stats.ElementsDeleted)
 	logger.V(2).Info("Synced rules", "elapsed", now.Sub(start), "full", full, "replace", res.plan.Replace,
 		"serviceChanges", svcChanges, "endpointSliceChanges", sliceChanges,
 		"services", len(p.state.frags), "servicesRebuilt", res.rebuilt,

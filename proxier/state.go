@@ -97,6 +97,10 @@ type tableState struct {
 	idle [2]map[chainNeed]bool
 	// defs are the set definitions of each family.
 	defs [2][numSets]*nft.Set
+	// elements counts the fragments' elements of the sets no two services
+	// share; own the services' own chains, their rules and sets.
+	elements                                  int
+	ownChains, ownRules, ownSets, ownCounters int
 }
 
 func newTableState(b *builder) *tableState {
@@ -237,6 +241,7 @@ func (ts *tableState) count(key types.NamespacedName, f *fragment, d int) {
 		}
 		for i, refs := range ts.refs[fi] {
 			if refs == nil {
+				ts.elements += d * len(ff.elems[i])
 				continue
 			}
 			for _, e := range ff.elems[i] {
@@ -245,6 +250,11 @@ func (ts *tableState) count(key types.NamespacedName, f *fragment, d int) {
 					delete(refs, id)
 				}
 			}
+		}
+		ts.ownChains += d * len(ff.chains)
+		ts.ownSets += d * len(ff.sets)
+		for _, c := range ff.chains {
+			ts.ownRules += d * len(c.Rules)
 		}
 		for _, n := range ff.needs {
 			if ts.needs[fi][n] += d; ts.needs[fi][n] == 0 {
@@ -262,6 +272,7 @@ func (ts *tableState) count(key types.NamespacedName, f *fragment, d int) {
 			delete(ts.health, key)
 		}
 	}
+	ts.ownCounters += d * len(f.counters)
 	ts.noLocal[0] += d * f.noLocal[0]
 	ts.noLocal[1] += d * f.noLocal[1]
 }
@@ -428,6 +439,48 @@ func (ts *tableState) leftovers() []*nft.Chain {
 		out = append(out, &nft.Chain{Name: c.Name})
 	}
 	return out
+}
+
+// objectCounts returns how many chains, rules, sets and elements the
+// kernel holds, without assembling the table: the daemon reports them
+// after every sync.
+func (ts *tableState) objectCounts() nft.Counts {
+	fixed := nft.NewTable(nft.FamilyINet, TableName)
+	var contexts []*familyContext
+	for _, fi := range ts.built() {
+		contexts = append(contexts, ts.b.fams[fi])
+	}
+	ts.b.addFixedChains(fixed, contexts)
+	c := fixed.Count()
+	c.Chains += ts.ownChains + len(ts.stale)
+	c.Rules += ts.ownRules
+	c.Sets = ts.ownSets
+	for _, fc := range contexts {
+		for i := range numSets {
+			if !counterSet(i) || fc.counters {
+				c.Sets++
+			}
+		}
+	}
+	c.Elements = ts.elements
+	c.Counters = ts.ownCounters
+	masq := nft.SetMarkOr{Bits: ts.b.cfg.masqueradeMark()}
+	for _, fi := range ts.built() {
+		fc := ts.b.fams[fi]
+		for n := range ts.needs[fi] {
+			c.Chains++
+			c.Rules += len(fc.sharedChain(n, masq).Rules)
+		}
+		for n := range ts.idle[fi] {
+			c.Chains++
+			c.Rules += len(fc.sharedChain(n, masq).Rules)
+		}
+		for _, refs := range ts.refs[fi] {
+			c.Elements += len(refs)
+		}
+		c.Elements += len(fc.nodePortIPs) + len(fc.serviceCIDRs)
+	}
+	return c
 }
 
 // families returns the ip_family labels of the families built.
