@@ -9,8 +9,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-
-	"github.com/nftproxy/nftproxy/e2e/harness"
 )
 
 // apiServerDowntime is how long the API server stays stopped.
@@ -20,22 +18,25 @@ const apiServerDowntime = 30 * time.Second
 // loops connections to a ClusterIP and the outside client to a NodePort: no
 // connection may fail. Once it is back, changes (a backend deleted, a
 // Service added) reach the rules; the time it took is logged, as clients
-// retry their watches with backoff.
-func testAPIServerDown(t *testing.T, c *harness.Cluster) {
+// retry their watches with backoff. It stops the API server's process:
+// local cluster only.
+func testAPIServerDown(t *testing.T, c cluster) {
+	l := requireLocal(t, c, "stops and starts the API server's process")
 	s := newScenario(t, c)
-	pods := s.createPods(podSpec{"ad-1", "node1", "ad"}, podSpec{"ad-2", "node2", "ad"},
-		podSpec{"ad-client", "node3", "ad-client"})
+	n := c.Nodes()
+	pods := s.createPods(podSpec{"ad-1", n[0].Name, "ad"}, podSpec{"ad-2", n[1].Name, "ad"},
+		podSpec{"ad-client", n[2].Name, "ad-client"})
 	svc := s.createService(newService("apidown", "ad", withType(v1.ServiceTypeNodePort)))
-	fromPod := harness.PodNS(pods["ad-client"])
-	nodePort := netip.AddrPortFrom(s.node("node2").IP, uint16(servicePort(svc, "tcp").NodePort))
+	fromPod := c.FromPod(pods["ad-client"])
+	nodePort := netip.AddrPortFrom(n[1].IP, uint16(servicePort(svc, "tcp").NodePort))
 	s.waitAnswers(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"), "ad-1", "ad-2")
-	s.waitAnswers(c.Topology.Client, v1.ProtocolTCP, nodePort, "ad-1", "ad-2")
+	s.waitAnswers(c.Outside(), v1.ProtocolTCP, nodePort, "ad-1", "ad-2")
 
 	loops := []*trafficLoop{
 		s.startLoop("pod → ClusterIP tcp", fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp")),
-		s.startLoop("client → NodePort tcp", c.Topology.Client, v1.ProtocolTCP, nodePort),
+		s.startLoop("client → NodePort tcp", c.Outside(), v1.ProtocolTCP, nodePort),
 	}
-	api := c.ControlPlane.APIServer
+	api := l.ControlPlane.APIServer
 	// Its graceful shutdown waits for open watches; a short grace makes it
 	// a crash instead, which is as good a test.
 	if err := api.Stop(s.ctx, 2*time.Second); err != nil {
@@ -43,7 +44,7 @@ func testAPIServerDown(t *testing.T, c *harness.Cluster) {
 	}
 	t.Logf("API server stopped for %v", apiServerDowntime)
 	time.Sleep(apiServerDowntime)
-	if err := c.ControlPlane.StartAPIServer(s.ctx); err != nil {
+	if err := l.ControlPlane.StartAPIServer(s.ctx); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
