@@ -55,14 +55,16 @@ func testAPIServerDown(t *testing.T, c cluster) {
 
 	// The change needs the EndpointSlice controller and nftproxy, not the
 	// harness's kubelet: a pod is deleted, a Service is added.
-	removed := s.watchEndpoints("apidown", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
-	added := s.watchEndpoints("apidown-new", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	// Clients (nftproxy, the controller manager) retry their watches with
+	// exponential backoff, up to 30 s plus jitter in client-go, and the
+	// EndpointSlice controller then waits for its informer to catch up
+	// with its own writes: a minute was seen not to be enough.
+	const catchUp = 2 * time.Minute
+	removed := s.watchEndpoints("apidown", catchUp, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	added := s.watchEndpoints("apidown-new", catchUp, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
 	s.deletePod("ad-1", 0)
 	newSvc := s.createService(newService("apidown-new", "ad"))
-	// Clients (nftproxy, the controller manager) retry their watches with
-	// exponential backoff, up to 30 s plus jitter in client-go, so allow
-	// for that.
-	s.eventually(2*time.Minute, "the changes made after the API server returned reach the rules", func() error {
+	s.eventually(catchUp, "the changes made after the API server returned reach the rules", func() error {
 		got := map[string]bool{}
 		for range 20 {
 			r, err := s.dial(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"))

@@ -111,7 +111,7 @@ func (s *scenario) scaleDown(addr netip.AddrPort, names []string) latency {
 	s.t.Helper()
 	// Deleted pods pass through terminating, which nftproxy may still use
 	// as a fallback: the slices have followed once they list nothing.
-	sliced := s.watchEndpoints("scale", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 0 })
+	sliced := s.watchEndpoints("scale", time.Minute, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 0 })
 	var wg sync.WaitGroup
 	errs := make([]error, len(names))
 	for i, name := range names {
@@ -145,7 +145,7 @@ func (s *scenario) scaleUp(addr netip.AddrPort, round int) ([]string, latency) {
 		s.t.Fatalf("watch pods: %v", err)
 	}
 	defer w.Stop()
-	sliced := s.watchEndpoints("scale", func(eps []discoveryv1.Endpoint) bool {
+	sliced := s.watchEndpoints("scale", time.Minute, func(eps []discoveryv1.Endpoint) bool {
 		return len(slices.DeleteFunc(eps, func(ep discoveryv1.Endpoint) bool { return !ready(ep) })) == 3
 	})
 	var specs []podSpec
@@ -186,10 +186,10 @@ type latency struct {
 	total, slices time.Duration
 }
 
-// watchEndpoints watches the service's EndpointSlices from now on; the
-// function it returns waits until their endpoints satisfy cond and returns
-// when that was first seen.
-func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) bool) func() time.Time {
+// watchEndpoints watches the service's EndpointSlices from now on, for up to
+// timeout; the function it returns waits until their endpoints satisfy cond
+// and returns when that was first seen.
+func (s *scenario) watchEndpoints(svc string, timeout time.Duration, cond func([]discoveryv1.Endpoint) bool) func() time.Time {
 	s.t.Helper()
 	w, err := s.c.Client().DiscoveryV1().EndpointSlices(s.ns).Watch(s.ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + svc,
@@ -203,7 +203,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 		defer close(done)
 		defer w.Stop()
 		bySlice := map[string][]discoveryv1.Endpoint{}
-		timeout := time.After(time.Minute)
+		expired := time.After(timeout)
 		for {
 			select {
 			case ev, ok := <-w.ResultChan():
@@ -226,7 +226,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 					at = time.Now()
 					return
 				}
-			case <-timeout:
+			case <-expired:
 				return
 			}
 		}
@@ -234,7 +234,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 	return func() time.Time {
 		<-done
 		if at.IsZero() {
-			s.t.Fatalf("endpoint slices of %s did not change as expected within a minute", svc)
+			s.t.Fatalf("endpoint slices of %s did not change as expected within %v", svc, timeout)
 		}
 		return at
 	}
