@@ -31,7 +31,7 @@ agnhost=${AGNHOST_IMAGE:-registry.k8s.io/e2e-test-images/agnhost:2.53}
 if [[ $mode == down ]]; then
 	exec kind delete cluster --name "$cluster"
 fi
-[[ $mode == test || $mode == deploy ]] || { echo "usage: $0 [test|deploy|down]" >&2; exit 2; }
+[[ $mode == test || $mode == deploy ]] || { echo "usage: $0 [test [go test arguments...]|deploy|down]" >&2; exit 2; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
