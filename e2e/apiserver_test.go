@@ -9,8 +9,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-
-	"github.com/nftproxy/nftproxy/e2e/harness"
 )
 
 // apiServerDowntime is how long the API server stays stopped.
@@ -20,22 +18,25 @@ const apiServerDowntime = 30 * time.Second
 // loops connections to a ClusterIP and the outside client to a NodePort: no
 // connection may fail. Once it is back, changes (a backend deleted, a
 // Service added) reach the rules; the time it took is logged, as clients
-// retry their watches with backoff.
-func testAPIServerDown(t *testing.T, c *harness.Cluster) {
+// retry their watches with backoff. It stops the API server's process:
+// local cluster only.
+func testAPIServerDown(t *testing.T, c cluster) {
+	l := requireLocal(t, c, "stops and starts the API server's process")
 	s := newScenario(t, c)
-	pods := s.createPods(podSpec{"ad-1", "node1", "ad"}, podSpec{"ad-2", "node2", "ad"},
-		podSpec{"ad-client", "node3", "ad-client"})
+	n := c.Nodes()
+	pods := s.createPods(podSpec{"ad-1", n[0].Name, "ad"}, podSpec{"ad-2", n[1].Name, "ad"},
+		podSpec{"ad-client", n[2].Name, "ad-client"})
 	svc := s.createService(newService("apidown", "ad", withType(v1.ServiceTypeNodePort)))
-	fromPod := harness.PodNS(pods["ad-client"])
-	nodePort := netip.AddrPortFrom(s.node("node2").IP, uint16(servicePort(svc, "tcp").NodePort))
+	fromPod := c.FromPod(pods["ad-client"])
+	nodePort := netip.AddrPortFrom(n[1].IP, uint16(servicePort(svc, "tcp").NodePort))
 	s.waitAnswers(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"), "ad-1", "ad-2")
-	s.waitAnswers(c.Topology.Client, v1.ProtocolTCP, nodePort, "ad-1", "ad-2")
+	s.waitAnswers(c.Outside(), v1.ProtocolTCP, nodePort, "ad-1", "ad-2")
 
 	loops := []*trafficLoop{
 		s.startLoop("pod → ClusterIP tcp", fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp")),
-		s.startLoop("client → NodePort tcp", c.Topology.Client, v1.ProtocolTCP, nodePort),
+		s.startLoop("client → NodePort tcp", c.Outside(), v1.ProtocolTCP, nodePort),
 	}
-	api := c.ControlPlane.APIServer
+	api := l.ControlPlane.APIServer
 	// Its graceful shutdown waits for open watches; a short grace makes it
 	// a crash instead, which is as good a test.
 	if err := api.Stop(s.ctx, 2*time.Second); err != nil {
@@ -43,7 +44,7 @@ func testAPIServerDown(t *testing.T, c *harness.Cluster) {
 	}
 	t.Logf("API server stopped for %v", apiServerDowntime)
 	time.Sleep(apiServerDowntime)
-	if err := c.ControlPlane.StartAPIServer(s.ctx); err != nil {
+	if err := l.ControlPlane.StartAPIServer(s.ctx); err != nil {
 		t.Fatal(err)
 	}
 	back := time.Now()
@@ -54,14 +55,16 @@ func testAPIServerDown(t *testing.T, c *harness.Cluster) {
 
 	// The change needs the EndpointSlice controller and nftproxy, not the
 	// harness's kubelet: a pod is deleted, a Service is added.
-	removed := s.watchEndpoints("apidown", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
-	added := s.watchEndpoints("apidown-new", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	// Clients (nftproxy, the controller manager) retry their watches with
+	// exponential backoff, up to 30 s plus jitter in client-go, and the
+	// EndpointSlice controller then waits for its informer to catch up
+	// with its own writes: a minute was seen not to be enough.
+	const catchUp = 2 * time.Minute
+	removed := s.watchEndpoints("apidown", catchUp, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
+	added := s.watchEndpoints("apidown-new", catchUp, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 1 })
 	s.deletePod("ad-1", 0)
 	newSvc := s.createService(newService("apidown-new", "ad"))
-	// Clients (nftproxy, the controller manager) retry their watches with
-	// exponential backoff, up to 30 s plus jitter in client-go, so allow
-	// for that.
-	s.eventually(2*time.Minute, "the changes made after the API server returned reach the rules", func() error {
+	s.eventually(catchUp, "the changes made after the API server returned reach the rules", func() error {
 		got := map[string]bool{}
 		for range 20 {
 			r, err := s.dial(fromPod, v1.ProtocolTCP, clusterIP(svc, "tcp"))

@@ -9,7 +9,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
-	"github.com/nftproxy/nftproxy/e2e/harness"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
@@ -17,15 +16,16 @@ import (
 // a pod (its own address preserved, across nodes) and from a node itself
 // (masqueraded to that node's address), over TCP and UDP, and connections
 // spread over all pods.
-func testClusterIP(t *testing.T, c *harness.Cluster) {
+func testClusterIP(t *testing.T, c cluster) {
 	s := newScenario(t, c)
+	n := c.Nodes()
 	pods := s.createPods(
-		podSpec{"web-1", "node1", "web"}, podSpec{"web-2", "node2", "web"}, podSpec{"web-3", "node3", "web"},
-		podSpec{"client", "node1", "client"})
+		podSpec{"web-1", n[0].Name, "web"}, podSpec{"web-2", n[1].Name, "web"}, podSpec{"web-3", n[2].Name, "web"},
+		podSpec{"client", n[0].Name, "client"})
 	svc := s.createService(newService("web", "web"))
 	s.waitEndpoints("web", 3, ready)
 	backends := []string{"web-1", "web-2", "web-3"}
-	client := harness.PodNS(pods["client"])
+	client := c.FromPod(pods["client"])
 
 	t.Run("FromPod", func(t *testing.T) {
 		s := s.with(t)
@@ -38,11 +38,11 @@ func testClusterIP(t *testing.T, c *harness.Cluster) {
 
 	t.Run("FromNode", func(t *testing.T) {
 		s := s.with(t)
-		node := s.node("node2")
-		got := s.waitAnswers(node.NS, v1.ProtocolTCP, clusterIP(svc, "tcp"), backends...)
-		// Off-cluster sources are masqueraded: to the LAN address towards
-		// other nodes' pods, to the pods' gateway towards its own.
-		checkClients(t, got, node.IP, node.Gateway())
+		node := s.node(1)
+		got := s.waitAnswers(node.From, v1.ProtocolTCP, clusterIP(svc, "tcp"), backends...)
+		// Off-cluster sources are masqueraded: to the node's address
+		// towards other nodes' pods, to the pods' gateway towards its own.
+		checkClients(t, got, node.IP, node.Gateway)
 	})
 
 	t.Run("Spread", func(t *testing.T) {

@@ -20,12 +20,15 @@ const repairSlack = 2 * time.Second
 // testTableDeleted: someone deletes nftproxy's table on node2, or flushes
 // it, by hand. nftproxy's periodic check (--sync-period, 5 s here) puts the
 // same rules back, and traffic through node2 recovers, within the sync
-// period plus repairSlack.
-func testTableDeleted(t *testing.T, c *harness.Cluster) {
+// period plus repairSlack. It runs nft in a node's network namespace: local
+// cluster only.
+func testTableDeleted(t *testing.T, c cluster) {
+	l := requireLocal(t, c, "runs nft in a node's network namespace")
 	s := newScenario(t, c)
 	s.createPods(podSpec{"td-1", "node1", "td"}, podSpec{"td-2", "node3", "td"})
 	svc := s.createService(newService("drift", "td", withType(v1.ServiceTypeNodePort)))
-	node := s.node("node2")
+	node, _ := l.Topology.Node("node2")
+	client := nsSource{l.Topology.Client}
 	nodePort := netip.AddrPortFrom(node.IP, uint16(servicePort(svc, "tcp").NodePort))
 	backends := []string{"td-1", "td-2"}
 	bound := harness.ProxySyncPeriod + repairSlack
@@ -39,8 +42,8 @@ func testTableDeleted(t *testing.T, c *harness.Cluster) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := s.with(t)
-			s.waitAnswers(node.NS, v1.ProtocolTCP, clusterIP(svc, "tcp"), backends...)
-			s.waitAnswers(c.Topology.Client, v1.ProtocolTCP, nodePort, backends...)
+			s.waitAnswers(nsSource{node.NS}, v1.ProtocolTCP, clusterIP(svc, "tcp"), backends...)
+			s.waitAnswers(client, v1.ProtocolTCP, nodePort, backends...)
 			scratch := testnet.NewNS(t, "e2e-scratch")
 			if err := node.NS.Run(s.ctx, tc.cmd...); err != nil {
 				t.Fatal(err)
@@ -53,7 +56,7 @@ func testTableDeleted(t *testing.T, c *harness.Cluster) {
 				for _, check := range []struct {
 					from harness.NS
 					addr netip.AddrPort
-				}{{node.NS, clusterIP(svc, "tcp")}, {c.Topology.Client, nodePort}} {
+				}{{node.NS, clusterIP(svc, "tcp")}, {l.Topology.Client, nodePort}} {
 					if _, err := check.from.Dial(s.ctx, v1.ProtocolTCP, check.addr, 200*time.Millisecond); err != nil {
 						return err
 					}
@@ -68,7 +71,7 @@ func testTableDeleted(t *testing.T, c *harness.Cluster) {
 			})
 			t.Logf("%q: traffic back after %v, the bound being %v (--sync-period %v + %v)",
 				tc.cmd, recovered.Round(time.Millisecond), bound, harness.ProxySyncPeriod, repairSlack)
-			s.waitAnswers(c.Topology.Client, v1.ProtocolTCP, nodePort, backends...)
+			s.waitAnswers(client, v1.ProtocolTCP, nodePort, backends...)
 		})
 	}
 }

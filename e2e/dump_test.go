@@ -24,18 +24,19 @@ import (
 // ServiceCIDRs' ranges as --service-cluster-ip-range), loads it into the
 // scratch namespace, and compares both tables as nft lists them.
 func (s *scenario) compareWithDump(n harness.NodeSpec, scratch *testnet.NS) error {
+	l := requireLocal(s.t, s.c, "reads a node's nftables table")
 	dir := s.t.TempDir()
 	objects := filepath.Join(dir, "objects.yaml")
 	if err := s.writeObjects(objects); err != nil {
 		return err
 	}
-	bin, err := s.c.Paths.Binary("nftproxy")
+	bin, err := l.Paths.Binary("nftproxy")
 	if err != nil {
 		return err
 	}
 	// The daemon reads the ServiceCIDR objects; dump takes their ranges as
 	// a flag.
-	cidrs, err := s.c.Client.NetworkingV1().ServiceCIDRs().List(s.ctx, metav1.ListOptions{})
+	cidrs, err := s.c.Client().NetworkingV1().ServiceCIDRs().List(s.ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("list service CIDRs: %w", err)
 	}
@@ -72,7 +73,7 @@ func (s *scenario) compareWithDump(n harness.NodeSpec, scratch *testnet.NS) erro
 
 // writeObjects writes every Service, EndpointSlice and Node as one YAML List.
 func (s *scenario) writeObjects(path string) error {
-	client := s.c.Client
+	client := s.c.Client()
 	svcs, err := client.CoreV1().Services("").List(s.ctx, metav1.ListOptions{})
 	if err != nil {
 		return fmt.Errorf("list services: %w", err)

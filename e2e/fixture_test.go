@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -17,16 +16,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
 	"k8s.io/utils/ptr"
 
-	"github.com/nftproxy/nftproxy/e2e/harness"
+	"github.com/nftproxy/nftproxy/e2e/realcluster"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
-// echoPort is the pods' echo port, the Services' targetPort.
-const echoPort = 8080
+// echoPort is the pods' echo port, the Services' targetPort: the local
+// harness's echo servers and agnhost netexec on a real cluster alike.
+const echoPort = realcluster.EchoPort
 
 // dialTimeout bounds one connection attempt.
 const dialTimeout = 2 * time.Second
@@ -36,15 +34,14 @@ const dialTimeout = 2 * time.Second
 type scenario struct {
 	t   *testing.T
 	ctx context.Context
-	c   *harness.Cluster
+	c   cluster
 	ns  string
 }
 
 // newScenario creates the scenario's namespace.
-func newScenario(t *testing.T, c *harness.Cluster) *scenario {
+func newScenario(t *testing.T, c cluster) *scenario {
 	t.Helper()
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2)))
-	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
+	ctx, cancel := context.WithCancel(testContext(t))
 	name := "e2e-" + strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
 	if i := strings.LastIndex(name, "-"); len(name) > 50 && i > 0 {
 		name = name[:50]
@@ -52,7 +49,7 @@ func newScenario(t *testing.T, c *harness.Cluster) *scenario {
 	name = strings.Trim(name, "-")
 	s := &scenario{t: t, ctx: ctx, c: c, ns: name}
 	ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+	if _, err := c.Client().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
 	t.Cleanup(func() {
@@ -60,11 +57,11 @@ func newScenario(t *testing.T, c *harness.Cluster) *scenario {
 		// Pods first, without grace, so that the kubelet stops them now;
 		// the namespace controller removes the rest.
 		ctx := context.WithoutCancel(ctx)
-		pods := c.Client.CoreV1().Pods(name)
+		pods := c.Client().CoreV1().Pods(name)
 		if err := pods.DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
 			t.Errorf("delete pods of %s: %v", name, err)
 		}
-		if err := c.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		if err := c.Client().CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Errorf("delete namespace %s: %v", name, err)
 		}
 	})
@@ -79,15 +76,8 @@ func (s *scenario) with(t *testing.T) *scenario {
 	return &sub
 }
 
-// node returns the node named name.
-func (s *scenario) node(name string) harness.NodeSpec {
-	s.t.Helper()
-	n, ok := s.c.Topology.Node(name)
-	if !ok {
-		s.t.Fatalf("no node %s", name)
-	}
-	return n
-}
+// node returns the i-th node (0, 1, 2: TestE2E checks there are three).
+func (s *scenario) node(i int) clusterNode { return s.c.Nodes()[i] }
 
 // podSpec is a pod to create: its name, node and app label.
 type podSpec struct {
@@ -110,43 +100,24 @@ func (s *scenario) createPods(specs ...podSpec) map[string]*v1.Pod {
 func (s *scenario) submitPods(specs ...podSpec) {
 	s.t.Helper()
 	for _, p := range specs {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: p.name, Labels: map[string]string{"app": p.app}},
-			Spec: v1.PodSpec{
-				NodeName: p.node,
-				Containers: []v1.Container{{
-					Name:  "echo",
-					Image: "nftproxy-e2e/echo",
-					Ports: []v1.ContainerPort{{ContainerPort: echoPort, Protocol: v1.ProtocolTCP}},
-				}},
-			},
-		}
-		if _, err := s.c.Client.CoreV1().Pods(s.ns).Create(s.ctx, pod, metav1.CreateOptions{}); err != nil {
+		pod := s.c.EchoPod(p.name, p.node, p.app)
+		if _, err := s.c.Client().CoreV1().Pods(s.ns).Create(s.ctx, pod, metav1.CreateOptions{}); err != nil {
 			s.t.Fatalf("create pod %s: %v", p.name, err)
 		}
 	}
 }
 
 // isReady reports whether the pod has an IP and is Ready.
-func isReady(pod *v1.Pod) bool {
-	if pod.Status.PodIP == "" {
-		return false
-	}
-	for _, c := range pod.Status.Conditions {
-		if c.Type == v1.PodReady {
-			return c.Status == v1.ConditionTrue
-		}
-	}
-	return false
-}
+func isReady(pod *v1.Pod) bool { return realcluster.IsReady(pod) }
 
 // waitPod polls the pod until cond holds and returns it.
 func (s *scenario) waitPod(name string, cond func(*v1.Pod) bool) *v1.Pod {
 	s.t.Helper()
 	var pod *v1.Pod
-	err := wait.PollUntilContextTimeout(s.ctx, 20*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	// A real cluster's pods may have to pull their image first.
+	err := wait.PollUntilContextTimeout(s.ctx, 20*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 		var err error
-		pod, err = s.c.Client.CoreV1().Pods(s.ns).Get(ctx, name, metav1.GetOptions{})
+		pod, err = s.c.Client().CoreV1().Pods(s.ns).Get(ctx, name, metav1.GetOptions{})
 		return err == nil && cond(pod), nil
 	})
 	if err != nil {
@@ -185,7 +156,7 @@ func withType(typ v1.ServiceType) func(*v1.Service) {
 // createService creates svc and returns it as stored (ClusterIP, NodePorts).
 func (s *scenario) createService(svc *v1.Service) *v1.Service {
 	s.t.Helper()
-	created, err := s.c.Client.CoreV1().Services(s.ns).Create(s.ctx, svc, metav1.CreateOptions{})
+	created, err := s.c.Client().CoreV1().Services(s.ns).Create(s.ctx, svc, metav1.CreateOptions{})
 	if err != nil {
 		s.t.Fatalf("create service %s: %v", svc.Name, err)
 	}
@@ -209,7 +180,7 @@ func servicePort(svc *v1.Service, name string) v1.ServicePort {
 
 // endpoints lists the endpoints of the service's EndpointSlices.
 func (s *scenario) endpoints(svc string) ([]discoveryv1.Endpoint, error) {
-	slices, err := s.c.Client.DiscoveryV1().EndpointSlices(s.ns).List(s.ctx, metav1.ListOptions{
+	slices, err := s.c.Client().DiscoveryV1().EndpointSlices(s.ns).List(s.ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + svc,
 	})
 	if err != nil {
@@ -261,32 +232,32 @@ func (s *scenario) eventually(timeout time.Duration, what string, fn func() erro
 	}
 }
 
-// dial connects once from the namespace and returns the reply.
-func (s *scenario) dial(from harness.NS, proto v1.Protocol, addr netip.AddrPort) (testnet.Reply, error) {
+// dial connects once from the source and returns the reply.
+func (s *scenario) dial(from source, proto v1.Protocol, addr netip.AddrPort) (testnet.Reply, error) {
 	return from.Dial(s.ctx, proto, addr, dialTimeout)
 }
 
 // collect connects n times and returns the replies by pod; any failure
 // fails the test.
-func (s *scenario) collect(from harness.NS, proto v1.Protocol, addr netip.AddrPort, n int) map[string][]testnet.Reply {
+func (s *scenario) collect(from source, proto v1.Protocol, addr netip.AddrPort, n int) map[string][]testnet.Reply {
 	s.t.Helper()
 	out := map[string][]testnet.Reply{}
 	for i := range n {
 		r, err := s.dial(from, proto, addr)
 		if err != nil {
-			s.t.Fatalf("connection %d of %d to %s %s from %s: %v", i+1, n, proto, addr, from.Name, err)
+			s.t.Fatalf("connection %d of %d to %s %s from %s: %v", i+1, n, proto, addr, from, err)
 		}
 		out[r.Pod] = append(out[r.Pod], r)
 	}
 	return out
 }
 
-// waitAnswers waits until connections from the namespace reach exactly the
+// waitAnswers waits until connections from the source reach exactly the
 // pods named, each at least once, and nothing else; it returns the replies.
-func (s *scenario) waitAnswers(from harness.NS, proto v1.Protocol, addr netip.AddrPort, pods ...string) map[string][]testnet.Reply {
+func (s *scenario) waitAnswers(from source, proto v1.Protocol, addr netip.AddrPort, pods ...string) map[string][]testnet.Reply {
 	s.t.Helper()
 	var got map[string][]testnet.Reply
-	s.eventually(30*time.Second, fmt.Sprintf("%s %s from %s reaches %v", proto, addr, from.Name, pods), func() error {
+	s.eventually(30*time.Second, fmt.Sprintf("%s %s from %s reaches %v", proto, addr, from, pods), func() error {
 		got = map[string][]testnet.Reply{}
 		for range 10 * len(pods) {
 			// Short: before the rules exist, packets may go nowhere.
@@ -333,10 +304,10 @@ func sameSet(got, want []string) error {
 	return nil
 }
 
-// loop connects from the namespace to addr, one connection after another
+// loop connects from the source to addr, one connection after another
 // every interval, until stop is closed; it returns the count of attempts and
 // the failures.
-func (s *scenario) loop(from harness.NS, proto v1.Protocol, addr netip.AddrPort, interval time.Duration, stop <-chan struct{}) (attempts int, failures []error) {
+func (s *scenario) loop(from source, proto v1.Protocol, addr netip.AddrPort, interval time.Duration, stop <-chan struct{}) (attempts int, failures []error) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -362,7 +333,7 @@ type trafficLoop struct {
 }
 
 // startLoop starts a loop in the background; finish stops it.
-func (s *scenario) startLoop(name string, from harness.NS, proto v1.Protocol, addr netip.AddrPort) *trafficLoop {
+func (s *scenario) startLoop(name string, from source, proto v1.Protocol, addr netip.AddrPort) *trafficLoop {
 	l := &trafficLoop{name: name, stop: make(chan struct{})}
 	l.wg.Go(func() { l.attempts, l.failures = s.loop(from, proto, addr, 5*time.Millisecond, l.stop) })
 	return l
@@ -385,7 +356,3 @@ func (l *trafficLoop) finish(t *testing.T) {
 		t.Errorf("%s: no connection attempted", l.name)
 	}
 }
-
-// errNotYet is what an eventually function returns while waiting for
-// something that has no better error to show.
-var errNotYet = errors.New("not yet")

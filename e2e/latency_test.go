@@ -37,7 +37,7 @@ const probeTimeout = 20 * time.Millisecond
 // deletion returned; the last new pod's Ready status seen by a watch) until
 // every node's traffic followed (connections refused; all three new pods
 // answered).
-func testScaleLatency(t *testing.T, c *harness.Cluster) {
+func testScaleLatency(t *testing.T, c cluster) {
 	s := newScenario(t, c)
 	svc := s.createService(newService("scale", "scale"))
 	addr := clusterIP(svc, "tcp")
@@ -56,8 +56,9 @@ func testScaleLatency(t *testing.T, c *harness.Cluster) {
 	report := latencyReport{
 		Description: "network programming latency: from the API change (pods deleted; last new pod Ready) " +
 			"to traffic following on all 3 nodes (ClusterIP from each node); *Slices: to the EndpointSlices " +
-			"changing (the EndpointSlice controller's share); *Proxy: the rest (nftproxy's share, min-sync-period " +
-			harness.ProxyMinSyncPeriod.String() + ")",
+			"changing (the EndpointSlice controller's share); *Proxy: the rest (nftproxy's share, --min-sync-period " +
+			harness.ProxyMinSyncPeriod.String() + " on the local cluster and in e2e/kind/run.sh's deployment; " +
+			"on a real cluster it includes the round trips of the probes through the API server to the agent pods)",
 		ScaleDown:       summarize(down),
 		ScaleUp:         summarize(up),
 		ScaleDownSlices: summarize(downSlices),
@@ -110,12 +111,12 @@ func (s *scenario) scaleDown(addr netip.AddrPort, names []string) latency {
 	s.t.Helper()
 	// Deleted pods pass through terminating, which nftproxy may still use
 	// as a fallback: the slices have followed once they list nothing.
-	sliced := s.watchEndpoints("scale", func(eps []discoveryv1.Endpoint) bool { return len(eps) == 0 })
+	sliced := s.watchEndpoints("scale", time.Minute, func(eps []discoveryv1.Endpoint) bool { return len(eps) == 0 })
 	var wg sync.WaitGroup
 	errs := make([]error, len(names))
 	for i, name := range names {
 		wg.Go(func() {
-			errs[i] = s.c.Client.CoreV1().Pods(s.ns).Delete(s.ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
+			errs[i] = s.c.Client().CoreV1().Pods(s.ns).Delete(s.ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 		})
 	}
 	wg.Wait()
@@ -139,17 +140,17 @@ func (s *scenario) scaleDown(addr netip.AddrPort, names []string) latency {
 // pod's Ready status was seen that happened.
 func (s *scenario) scaleUp(addr netip.AddrPort, round int) ([]string, latency) {
 	s.t.Helper()
-	w, err := s.c.Client.CoreV1().Pods(s.ns).Watch(s.ctx, metav1.ListOptions{LabelSelector: "app=scale"})
+	w, err := s.c.Client().CoreV1().Pods(s.ns).Watch(s.ctx, metav1.ListOptions{LabelSelector: "app=scale"})
 	if err != nil {
 		s.t.Fatalf("watch pods: %v", err)
 	}
 	defer w.Stop()
-	sliced := s.watchEndpoints("scale", func(eps []discoveryv1.Endpoint) bool {
+	sliced := s.watchEndpoints("scale", time.Minute, func(eps []discoveryv1.Endpoint) bool {
 		return len(slices.DeleteFunc(eps, func(ep discoveryv1.Endpoint) bool { return !ready(ep) })) == 3
 	})
 	var specs []podSpec
 	var names []string
-	for i, n := range s.c.Topology.Nodes {
+	for i, n := range s.c.Nodes() {
 		name := fmt.Sprintf("scale-%d-%d", round, i+1)
 		specs = append(specs, podSpec{name, n.Name, "scale"})
 		names = append(names, name)
@@ -185,12 +186,12 @@ type latency struct {
 	total, slices time.Duration
 }
 
-// watchEndpoints watches the service's EndpointSlices from now on; the
-// function it returns waits until their endpoints satisfy cond and returns
-// when that was first seen.
-func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) bool) func() time.Time {
+// watchEndpoints watches the service's EndpointSlices from now on, for up to
+// timeout; the function it returns waits until their endpoints satisfy cond
+// and returns when that was first seen.
+func (s *scenario) watchEndpoints(svc string, timeout time.Duration, cond func([]discoveryv1.Endpoint) bool) func() time.Time {
 	s.t.Helper()
-	w, err := s.c.Client.DiscoveryV1().EndpointSlices(s.ns).Watch(s.ctx, metav1.ListOptions{
+	w, err := s.c.Client().DiscoveryV1().EndpointSlices(s.ns).Watch(s.ctx, metav1.ListOptions{
 		LabelSelector: discoveryv1.LabelServiceName + "=" + svc,
 	})
 	if err != nil {
@@ -202,7 +203,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 		defer close(done)
 		defer w.Stop()
 		bySlice := map[string][]discoveryv1.Endpoint{}
-		timeout := time.After(time.Minute)
+		expired := time.After(timeout)
 		for {
 			select {
 			case ev, ok := <-w.ResultChan():
@@ -225,7 +226,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 					at = time.Now()
 					return
 				}
-			case <-timeout:
+			case <-expired:
 				return
 			}
 		}
@@ -233,7 +234,7 @@ func (s *scenario) watchEndpoints(svc string, cond func([]discoveryv1.Endpoint) 
 	return func() time.Time {
 		<-done
 		if at.IsZero() {
-			s.t.Fatalf("endpoint slices of %s did not change as expected within a minute", svc)
+			s.t.Fatalf("endpoint slices of %s did not change as expected within %v", svc, timeout)
 		}
 		return at
 	}
@@ -266,13 +267,14 @@ func (s *scenario) lastReady(w watch.Interface, names []string) time.Time {
 // when the last node was done; zero if a node was not done within 30 s.
 func (s *scenario) untilEveryNode(addr netip.AddrPort, newDone func() func(testnet.Reply, error) bool) time.Time {
 	var wg sync.WaitGroup
-	times := make([]time.Time, len(s.c.Topology.Nodes))
-	for i, n := range s.c.Topology.Nodes {
+	nodes := s.c.Nodes()
+	times := make([]time.Time, len(nodes))
+	for i, n := range nodes {
 		done := newDone()
 		wg.Go(func() {
 			deadline := time.Now().Add(30 * time.Second)
 			for time.Now().Before(deadline) && s.ctx.Err() == nil {
-				r, err := n.NS.Dial(s.ctx, v1.ProtocolTCP, addr, probeTimeout)
+				r, err := n.From.Dial(s.ctx, v1.ProtocolTCP, addr, probeTimeout)
 				if done(r, err) {
 					times[i] = time.Now()
 					return
@@ -301,10 +303,10 @@ func (s *scenario) writeResult(name string, v any) {
 	if err != nil {
 		s.t.Fatalf("encode %s: %v", name, err)
 	}
-	if err := os.MkdirAll(s.c.Paths.Results, 0o755); err != nil {
+	if err := os.MkdirAll(s.c.ResultsDir(), 0o755); err != nil {
 		s.t.Fatalf("create results directory: %v", err)
 	}
-	path := filepath.Join(s.c.Paths.Results, name)
+	path := filepath.Join(s.c.ResultsDir(), name)
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		s.t.Fatalf("write %s: %v", path, err)
 	}

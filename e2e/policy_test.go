@@ -15,41 +15,41 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nftproxy/nftproxy/e2e/harness"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
 // testExternalTrafficPolicyLocal: a LoadBalancer with externalTrafficPolicy
-// Local, pods on node1 (two) and node2 (one), none on node3. Through a node
-// with local pods only those answer and they see the outside client's own
-// address; node3 does not forward; each node's healthCheckNodePort says how
-// many local endpoints it has (503 on node3), so a load balancer would skip
-// it.
-func testExternalTrafficPolicyLocal(t *testing.T, c *harness.Cluster) {
+// Local, pods on the first node (two) and the second (one), none on the
+// third. Through a node with local pods only those answer and they see the
+// outside client's own address; the third node does not forward; each
+// node's healthCheckNodePort says how many local endpoints it has (503 on
+// the third), so a load balancer would skip it.
+func testExternalTrafficPolicyLocal(t *testing.T, c cluster) {
 	s := newScenario(t, c)
-	s.createPods(podSpec{"loc-1", "node1", "loc"}, podSpec{"loc-2", "node1", "loc"}, podSpec{"loc-3", "node2", "loc"})
+	n := c.Nodes()
+	s.createPods(podSpec{"loc-1", n[0].Name, "loc"}, podSpec{"loc-2", n[0].Name, "loc"}, podSpec{"loc-3", n[1].Name, "loc"})
 	svc := s.createService(newService("local", "loc", withType(v1.ServiceTypeLoadBalancer), func(svc *v1.Service) {
 		svc.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
 	}))
 	svc.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: loadBalancerIP.String()}}
-	if _, err := c.Client.CoreV1().Services(s.ns).UpdateStatus(s.ctx, svc, metav1.UpdateOptions{}); err != nil {
+	if _, err := c.Client().CoreV1().Services(s.ns).UpdateStatus(s.ctx, svc, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("set load balancer ingress: %v", err)
 	}
 	s.waitEndpoints("local", 3, ready)
 	if svc.Spec.HealthCheckNodePort == 0 {
 		t.Fatal("the API server allocated no healthCheckNodePort")
 	}
-	client := c.Topology.Client
-	local := map[string][]string{"node1": {"loc-1", "loc-2"}, "node2": {"loc-3"}}
+	client := c.Outside()
+	local := map[string][]string{n[0].Name: {"loc-1", "loc-2"}, n[1].Name: {"loc-3"}}
 
 	t.Run("NodePort", func(t *testing.T) {
 		s := s.with(t)
 		p := servicePort(svc, "tcp")
-		for _, n := range c.Topology.Nodes {
+		for _, n := range c.Nodes() {
 			addr := netip.AddrPortFrom(n.IP, uint16(p.NodePort))
 			if pods, ok := local[n.Name]; ok {
 				got := s.waitAnswers(client, v1.ProtocolTCP, addr, pods...)
-				checkClients(t, got, harness.ClientIP)
+				checkClients(t, got, client.Addr())
 				continue
 			}
 			s.expectNoAnswer(client, v1.ProtocolTCP, addr)
@@ -57,18 +57,19 @@ func testExternalTrafficPolicyLocal(t *testing.T, c *harness.Cluster) {
 	})
 
 	t.Run("LoadBalancer", func(t *testing.T) {
+		requireLocal(t, c, "the outside client routes the ingress IP via a node")
 		s := s.with(t)
 		addr := netip.AddrPortFrom(loadBalancerIP, 80)
-		s.routeFromClient(loadBalancerIP, s.node("node2"))
-		got := s.waitAnswers(client, v1.ProtocolTCP, addr, local["node2"]...)
-		checkClients(t, got, harness.ClientIP)
-		s.routeFromClient(loadBalancerIP, s.node("node3"))
+		s.routeFromClient(loadBalancerIP, n[1])
+		got := s.waitAnswers(client, v1.ProtocolTCP, addr, local[n[1].Name]...)
+		checkClients(t, got, client.Addr())
+		s.routeFromClient(loadBalancerIP, n[2])
 		s.expectNoAnswer(client, v1.ProtocolTCP, addr)
 	})
 
 	t.Run("HealthCheckNodePort", func(t *testing.T) {
 		s := s.with(t)
-		for _, n := range c.Topology.Nodes {
+		for _, n := range c.Nodes() {
 			wantCode, wantLocal := http.StatusOK, len(local[n.Name])
 			if wantLocal == 0 {
 				wantCode = http.StatusServiceUnavailable
@@ -88,10 +89,10 @@ func testExternalTrafficPolicyLocal(t *testing.T, c *harness.Cluster) {
 	})
 }
 
-// healthCheck GETs a healthCheckNodePort from ns and returns the status
-// code and the localEndpoints count of the body.
-func healthCheck(ctx context.Context, ns harness.NS, addr netip.AddrPort) (int, int, error) {
-	client := &http.Client{Timeout: dialTimeout, Transport: &http.Transport{DialContext: ns.DialContext, DisableKeepAlives: true}}
+// healthCheck GETs a healthCheckNodePort from the outside client and returns
+// the status code and the localEndpoints count of the body.
+func healthCheck(ctx context.Context, from outsideClient, addr netip.AddrPort) (int, int, error) {
+	client := &http.Client{Timeout: dialTimeout, Transport: &http.Transport{DialContext: from.DialContext, DisableKeepAlives: true}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+"/", nil)
 	if err != nil {
 		return 0, 0, err
@@ -115,15 +116,15 @@ func healthCheck(ctx context.Context, ns harness.NS, addr netip.AddrPort) (int, 
 }
 
 // expectNoAnswer fails the test unless several connections to addr all fail.
-func (s *scenario) expectNoAnswer(from harness.NS, proto v1.Protocol, addr netip.AddrPort) {
+func (s *scenario) expectNoAnswer(from source, proto v1.Protocol, addr netip.AddrPort) {
 	s.t.Helper()
 	for range 3 {
 		r, err := from.Dial(s.ctx, proto, addr, 500*time.Millisecond)
 		if err == nil {
-			s.t.Fatalf("%s %s from %s: pod %s answered, want no answer", proto, addr, from.Name, r.Pod)
+			s.t.Fatalf("%s %s from %s: pod %s answered, want no answer", proto, addr, from, r.Pod)
 		}
 		if !testnet.IsTimeout(err) && !testnet.IsRefused(err) {
-			s.t.Fatalf("%s %s from %s: %v, want a timeout or refusal", proto, addr, from.Name, err)
+			s.t.Fatalf("%s %s from %s: %v, want a timeout or refusal", proto, addr, from, err)
 		}
 	}
 }

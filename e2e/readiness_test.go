@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/nftproxy/nftproxy/e2e/harness"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
@@ -22,13 +21,14 @@ import (
 // terminating pod that still serves gets none while a ready pod exists, and
 // all of them as the fallback when it is the only one left; once it stops
 // serving too, connections are refused.
-func testNotReadyAndTerminating(t *testing.T, c *harness.Cluster) {
+func testNotReadyAndTerminating(t *testing.T, c cluster) {
 	s := newScenario(t, c)
-	from := s.node("node3").NS
+	n := c.Nodes()
+	from := n[2].From
 
 	t.Run("NotReady", func(t *testing.T) {
 		s := s.with(t)
-		pods := s.createPods(podSpec{"nr-1", "node1", "nr"}, podSpec{"nr-2", "node2", "nr"})
+		pods := s.createPods(podSpec{"nr-1", n[0].Name, "nr"}, podSpec{"nr-2", n[1].Name, "nr"})
 		svc := s.createService(newService("nr", "nr"))
 		addr := clusterIP(svc, "tcp")
 		s.waitAnswers(from, v1.ProtocolTCP, addr, "nr-1", "nr-2")
@@ -44,7 +44,7 @@ func testNotReadyAndTerminating(t *testing.T, c *harness.Cluster) {
 
 	t.Run("TerminatingFallback", func(t *testing.T) {
 		s := s.with(t)
-		pods := s.createPods(podSpec{"tf-1", "node1", "tf"}, podSpec{"tf-2", "node3", "tf"})
+		pods := s.createPods(podSpec{"tf-1", n[0].Name, "tf"}, podSpec{"tf-2", n[2].Name, "tf"})
 		svc := s.createService(newService("tf", "tf"))
 		addr := clusterIP(svc, "tcp")
 		s.waitAnswers(from, v1.ProtocolTCP, addr, "tf-1", "tf-2")
@@ -78,11 +78,10 @@ func testNotReadyAndTerminating(t *testing.T, c *harness.Cluster) {
 	})
 }
 
-// setReady flips the pod's readiness through its health endpoint, from its
-// node.
+// setReady makes the pod's readiness probe pass or fail.
 func (s *scenario) setReady(pod *v1.Pod, ready bool) {
 	s.t.Helper()
-	if err := harness.SetReady(s.ctx, s.node(pod.Spec.NodeName).NS, podIP(pod), ready); err != nil {
+	if err := s.c.SetReady(s.ctx, pod, ready); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -90,14 +89,14 @@ func (s *scenario) setReady(pod *v1.Pod, ready bool) {
 // deletePod deletes a pod with the grace period given in seconds.
 func (s *scenario) deletePod(name string, grace int64) {
 	s.t.Helper()
-	err := s.c.Client.CoreV1().Pods(s.ns).Delete(s.ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(grace)})
+	err := s.c.Client().CoreV1().Pods(s.ns).Delete(s.ctx, name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(grace)})
 	if err != nil {
 		s.t.Fatalf("delete pod %s: %v", name, err)
 	}
 }
 
 // expectOnly fails the test unless 30 connections to addr all reach pod.
-func (s *scenario) expectOnly(from harness.NS, addr netip.AddrPort, pod string) {
+func (s *scenario) expectOnly(from source, addr netip.AddrPort, pod string) {
 	s.t.Helper()
 	for name, rs := range s.collect(from, v1.ProtocolTCP, addr, 30) {
 		if name != pod {

@@ -13,7 +13,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nftproxy/nftproxy/e2e/harness"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
@@ -30,10 +29,12 @@ const (
 // once, with parallel writers; checks a sample of them answers from every
 // node; and checks that nftproxy's table on every node equals what
 // `nftproxy dump` makes of the same objects read back from the API, both
-// loaded into the kernel and listed by nft.
-func testManyServices(t *testing.T, c *harness.Cluster) {
+// loaded into the kernel and listed by nft (local cluster only: it reads the
+// nodes' tables).
+func testManyServices(t *testing.T, c cluster) {
 	s := newScenario(t, c)
-	s.createPods(podSpec{"bulk-1", "node1", "bulk"}, podSpec{"bulk-2", "node2", "bulk"}, podSpec{"bulk-3", "node3", "bulk"})
+	n := c.Nodes()
+	s.createPods(podSpec{"bulk-1", n[0].Name, "bulk"}, podSpec{"bulk-2", n[1].Name, "bulk"}, podSpec{"bulk-3", n[2].Name, "bulk"})
 	start := time.Now()
 	svcs := s.createManyServices()
 	created := time.Since(start)
@@ -42,9 +43,9 @@ func testManyServices(t *testing.T, c *harness.Cluster) {
 	})
 	sliced := time.Since(start)
 	for i := 0; i < len(svcs); i += sampleEvery {
-		for _, n := range c.Topology.Nodes {
+		for _, n := range c.Nodes() {
 			s.eventually(time.Minute, fmt.Sprintf("%s answers from %s", svcs[i].Name, n.Name), func() error {
-				_, err := s.dial(n.NS, v1.ProtocolTCP, clusterIP(svcs[i], "tcp"))
+				_, err := s.dial(n.From, v1.ProtocolTCP, clusterIP(svcs[i], "tcp"))
 				return err
 			})
 		}
@@ -53,12 +54,14 @@ func testManyServices(t *testing.T, c *harness.Cluster) {
 		manyServices, created.Round(time.Millisecond), serviceWriters, sliced.Round(time.Millisecond),
 		(len(svcs)+sampleEvery-1)/sampleEvery, time.Since(start).Round(time.Millisecond))
 
-	for _, n := range c.Topology.Nodes {
+	for _, n := range c.Nodes() {
 		t.Run("DumpEqualsKernel/"+n.Name, func(t *testing.T) {
+			l := requireLocal(t, c, "reads the node's nftables table")
+			node, _ := l.Topology.Node(n.Name)
 			s := s.with(t)
 			scratch := testnet.NewNS(t, "e2e-scratch")
 			s.eventually(time.Minute, "the kernel's table equals nftproxy dump", func() error {
-				return s.compareWithDump(n, scratch)
+				return s.compareWithDump(node, scratch)
 			})
 		})
 	}
@@ -80,7 +83,7 @@ func (s *scenario) createManyServices() []*v1.Service {
 					return
 				}
 				svc := newService(fmt.Sprintf("bulk-%03d", i), "bulk", func(svc *v1.Service) { svc.Spec.Ports = svc.Spec.Ports[:1] })
-				created, err := s.c.Client.CoreV1().Services(s.ns).Create(s.ctx, svc, metav1.CreateOptions{})
+				created, err := s.c.Client().CoreV1().Services(s.ns).Create(s.ctx, svc, metav1.CreateOptions{})
 				if err != nil {
 					errs[w] = fmt.Errorf("create service %s: %w", svc.Name, err)
 					return
@@ -101,7 +104,7 @@ func (s *scenario) createManyServices() []*v1.Service {
 // allServicesReady returns nil once every Service of the scenario has want
 // ready endpoints.
 func (s *scenario) allServicesReady(want int) error {
-	list, err := s.c.Client.DiscoveryV1().EndpointSlices(s.ns).List(s.ctx, metav1.ListOptions{})
+	list, err := s.c.Client().DiscoveryV1().EndpointSlices(s.ns).List(s.ctx, metav1.ListOptions{})
 	if err != nil {
 		return err
 	}

@@ -13,8 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/ipv4"
-
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
@@ -28,77 +26,49 @@ const HealthPort = 8081
 // DefaultEchoPort is where a pod that declares no container port serves echo.
 const DefaultEchoPort = 8080
 
-// Echo is a pod's servers, listening inside its namespace: TCP and UDP echo
-// on each port, answering testnet.Reply lines ("pod=<name> client=<ip>:<port>")
-// like internal/testnet's servers, and the HTTP health endpoint.
+// Echo is a pod's servers, listening inside its namespace: internal/testnet's
+// TCP and UDP echo servers on each port, answering testnet.Reply lines
+// ("pod=<name> client=<ip>:<port>"), and the HTTP health endpoint.
 type Echo struct {
-	name    string
-	ready   atomic.Bool
-	lns     []net.Listener
-	pcs     []*ipv4.PacketConn
-	servers []*http.Server
-	wg      sync.WaitGroup
+	ready  atomic.Bool
+	echo   *testnet.EchoServers
+	health *http.Server
+	wg     sync.WaitGroup
 }
 
 // StartEcho starts the servers of the pod name in ns, ready.
 func StartEcho(ns NS, name string, ports []int) (*Echo, error) {
-	e := &Echo{name: name}
+	e := &Echo{}
 	e.ready.Store(true)
+	echoPorts := make([]uint16, len(ports))
+	for i, p := range ports {
+		echoPorts[i] = uint16(p)
+	}
 	var health net.Listener
 	err := ns.Do(func() error {
-		for _, port := range ports {
-			addr := ":" + strconv.Itoa(port)
-			ln, err := net.Listen("tcp4", addr)
-			if err != nil {
-				return fmt.Errorf("listen tcp %s: %w", addr, err)
-			}
-			e.lns = append(e.lns, ln)
-			pc, err := net.ListenPacket("udp4", addr)
-			if err != nil {
-				return fmt.Errorf("listen udp %s: %w", addr, err)
-			}
-			p := ipv4.NewPacketConn(pc)
-			e.pcs = append(e.pcs, p)
-			// The destination address becomes the reply's source: the
-			// client's connected socket accepts nothing else.
-			if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
-				return fmt.Errorf("enable IP_PKTINFO: %w", err)
-			}
-		}
 		var err error
 		health, err = net.Listen("tcp4", ":"+strconv.Itoa(HealthPort))
 		if err != nil {
 			return fmt.Errorf("listen health: %w", err)
 		}
+		if e.echo, err = testnet.ListenEcho(name, echoPorts...); err != nil {
+			health.Close()
+			return err
+		}
 		return nil
 	})
 	if err != nil {
-		e.Close()
 		return nil, fmt.Errorf("start echo servers of %s in netns %s: %w", name, ns.Name, err)
 	}
-	srv := &http.Server{Handler: e.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
-	e.servers = append(e.servers, srv)
-	e.wg.Go(func() { srv.Serve(health) })
-	for _, ln := range e.lns {
-		e.wg.Go(func() { e.serveTCP(ln) })
-	}
-	for _, pc := range e.pcs {
-		e.wg.Go(func() { e.serveUDP(pc) })
-	}
+	e.health = &http.Server{Handler: e.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+	e.wg.Go(func() { e.health.Serve(health) })
 	return e, nil
 }
 
 // Close stops the servers and waits for them.
 func (e *Echo) Close() {
-	for _, ln := range e.lns {
-		ln.Close()
-	}
-	for _, pc := range e.pcs {
-		pc.Close()
-	}
-	for _, s := range e.servers {
-		s.Close()
-	}
+	e.echo.Close()
+	e.health.Close()
 	e.wg.Wait()
 }
 
@@ -120,39 +90,6 @@ func (e *Echo) healthHandler() http.Handler {
 		io.WriteString(w, "unready\n")
 	})
 	return mux
-}
-
-func (e *Echo) serveTCP(ln net.Listener) {
-	for {
-		conn, err := ln.Accept()
-		if err != nil {
-			return // closed
-		}
-		client := unmap(conn.RemoteAddr().(*net.TCPAddr).AddrPort())
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		io.WriteString(conn, testnet.Reply{Pod: e.name, Client: client}.String()+"\n")
-		conn.Close()
-	}
-}
-
-func (e *Echo) serveUDP(pc *ipv4.PacketConn) {
-	buf := make([]byte, 2048)
-	for {
-		_, cm, src, err := pc.ReadFrom(buf)
-		if err != nil {
-			return // closed
-		}
-		client := unmap(src.(*net.UDPAddr).AddrPort())
-		var reply *ipv4.ControlMessage
-		if cm != nil {
-			reply = &ipv4.ControlMessage{Src: cm.Dst}
-		}
-		pc.WriteTo([]byte(testnet.Reply{Pod: e.name, Client: client}.String()+"\n"), reply, src)
-	}
-}
-
-func unmap(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // httpFrom returns an HTTP client whose connections are opened inside ns.

@@ -7,12 +7,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
 // Prefix starts the name of every network namespace the harness creates;
@@ -56,33 +57,13 @@ func (ns NS) IP(ctx context.Context, args ...string) error {
 // Do runs fn on the calling goroutine with its OS thread switched into the
 // namespace, then switches back. Sockets fn creates belong to the namespace
 // and may be used from any goroutine afterwards.
-func (ns NS) Do(fn func() error) (err error) {
+func (ns NS) Do(fn func() error) error {
 	h, err := netns.GetFromName(ns.Name)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", ns.Name, err)
 	}
 	defer h.Close()
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("get current netns: %w", err)
-	}
-	defer orig.Close()
-	if err := netns.Set(h); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns.Name, err)
-	}
-	defer func() {
-		if rerr := netns.Set(orig); rerr != nil {
-			// Keep the thread locked: the runtime then discards it when this
-			// goroutine exits instead of reusing it in the wrong namespace.
-			err = errors.Join(err, fmt.Errorf("restore netns after %s: %w", ns.Name, rerr))
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	return fn()
+	return testnet.DoIn(h, ns.Name, fn)
 }
 
 // DialContext opens a connection from inside the namespace. Its signature is

@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -36,21 +35,11 @@ func (ns NS) Dial(ctx context.Context, proto v1.Protocol, addr netip.AddrPort, t
 	if err := conn.SetDeadline(deadline); err != nil {
 		return testnet.Reply{}, fmt.Errorf("set deadline: %w", err)
 	}
-	var line []byte
-	if network == "udp4" {
-		if _, err = conn.Write([]byte("ping\n")); err == nil {
-			buf := make([]byte, 2048)
-			var n int
-			n, err = conn.Read(buf)
-			line = buf[:n]
-		}
-	} else {
-		line, err = io.ReadAll(conn)
-	}
+	r, err := testnet.Ask(conn)
 	if err != nil {
-		return testnet.Reply{}, fmt.Errorf("read %s %s from netns %s: %w", network, addr, ns.Name, err)
+		return testnet.Reply{}, fmt.Errorf("from netns %s: %w", ns.Name, err)
 	}
-	return testnet.ParseReply(string(line))
+	return r, nil
 }
 
 // Addrs returns the namespace's IPv4 addresses (not loopback's 127.0.0.1).

@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # Runs nftproxy in a kind cluster without kube-proxy (config.yaml): creates
 # the cluster unless it exists, builds the image (hack/image.sh) and loads it,
-# deploys manifests/ with this cluster's settings, waits for nftproxy and for
-# CoreDNS (whose API access goes through a ClusterIP nftproxy programs), then
-# runs the e2e scenarios against the cluster. Needs kind, kubectl, go, and
-# docker or podman. Not run in this repository's CI (no container engine
-# there).
+# loads the test pods' image (agnhost), deploys manifests/ with this
+# cluster's settings, waits for nftproxy and for CoreDNS (whose API access
+# goes through a ClusterIP nftproxy programs), then runs the e2e scenarios
+# against the cluster (go test -tags e2e ./e2e/ -args -cluster=kind; see
+# e2e/README.md for which scenarios run there). Needs kind, kubectl, go, and
+# docker or podman, on Linux: the scenarios' outside client is this machine,
+# which must reach the nodes' addresses. Not run in this repository's CI (no
+# container engine there).
 #
 #   e2e/kind/run.sh          # up, deploy, test; the cluster is kept
 #   e2e/kind/run.sh deploy   # up and deploy only
 #   e2e/kind/run.sh down     # delete the cluster
+#   e2e/kind/run.sh test -run 'TestE2E/ClusterIP'   # extra arguments go to go test
 #
 # Environment: KIND_CLUSTER_NAME (default nftproxy), CONTAINER_ENGINE
-# (default docker; podman also needs KIND_EXPERIMENTAL_PROVIDER=podman).
+# (default docker; podman also needs KIND_EXPERIMENTAL_PROVIDER=podman),
+# AGNHOST_IMAGE (default registry.k8s.io/e2e-test-images/agnhost:2.53, as
+# e2e/realcluster.DefaultImage).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 cluster=${KIND_CLUSTER_NAME:-nftproxy}
 export CONTAINER_ENGINE=${CONTAINER_ENGINE:-docker}
 mode=${1:-test}
+(($#)) && shift
+agnhost=${AGNHOST_IMAGE:-registry.k8s.io/e2e-test-images/agnhost:2.53}
 
 if [[ $mode == down ]]; then
 	exec kind delete cluster --name "$cluster"
 fi
-[[ $mode == test || $mode == deploy ]] || { echo "usage: $0 [test|deploy|down]" >&2; exit 2; }
+[[ $mode == test || $mode == deploy ]] || { echo "usage: $0 [test [go test arguments...]|deploy|down]" >&2; exit 2; }
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -36,10 +44,17 @@ export KUBECONFIG=$work/kubeconfig
 
 image=$(hack/image.sh -o "$work/image.tar")
 kind load image-archive "$work/image.tar" --name "$cluster"
+# Loaded ahead, so that the scenarios' pods start without pulling.
+if [[ $mode == test ]]; then
+	"$CONTAINER_ENGINE" pull "$agnhost"
+	"$CONTAINER_ENGINE" save -o "$work/agnhost.tar" "$agnhost"
+	kind load image-archive "$work/agnhost.tar" --name "$cluster"
+fi
 
 # An overlay of manifests/ with the image just built and the cluster's
 # settings: the API server's real address (kind's kubeconfigs use it too;
-# the `kubernetes` ClusterIP only works once nftproxy runs) and the pod CIDR.
+# the `kubernetes` ClusterIP only works once nftproxy runs), the pod CIDR,
+# and the local e2e cluster's sync periods, so that latencies compare.
 # Kept in the git-ignored .cache/ because kustomize takes only relative paths
 # to bases.
 overlay=.cache/kind-$cluster
@@ -64,6 +79,8 @@ patches:
       apiserver-host: $cluster-control-plane
       apiserver-port: "6443"
       cluster-cidr: 10.244.0.0/16
+      min-sync-period: 100ms
+      sync-period: 5s
 EOS
 existed=$(kubectl -n nftproxy get daemonset nftproxy -o name --ignore-not-found)
 kubectl apply -k "$overlay"
@@ -76,7 +93,7 @@ kubectl -n nftproxy rollout status daemonset/nftproxy --timeout=5m
 kubectl -n kube-system rollout status deployment/coredns --timeout=5m
 
 if [[ $mode == test ]]; then
-	# Placeholder: the scenarios do not take -cluster yet (the local harness
-	# is their only implementation); until they do, this fails on the flag.
-	go test -tags e2e -count=1 -timeout 30m ./e2e/ -args -cluster=kind -kubeconfig="$KUBECONFIG"
+	# Only the scenarios' package: the others' tests do not take -cluster.
+	go test -tags e2e -count=1 -timeout 40m -v ./e2e/ "$@" \
+		-args -cluster=kind -kubeconfig="$KUBECONFIG" -image="$agnhost"
 fi

@@ -51,87 +51,113 @@ func (p *Pod) Serve(t testing.TB, ports ...uint16) {
 
 // Serve listens on 0.0.0.0:port for TCP and for UDP in the namespace, for
 // each port, until the test ends; if the namespace has an IPv6 address other
-// than loopback and link-local ones, it listens on [::]:port as well. TCP
-// servers write a Reply line naming name to each accepted connection and
-// close it; UDP servers send it back to every datagram's sender, from the
-// address the datagram was sent to.
+// than loopback and link-local ones, it listens on [::]:port as well. The
+// servers answer as ListenEcho's do.
 func (ns *NS) Serve(t testing.TB, name string, ports ...uint16) {
 	t.Helper()
-	var (
-		lns  []net.Listener
-		pcs  []*ipv4.PacketConn
-		pcs6 []*ipv6.PacketConn
-	)
+	var e *EchoServers
 	err := ns.Do(func() error {
-		has6, err := hasIPv6()
-		if err != nil {
-			return err
-		}
-		for _, port := range ports {
-			addr := ":" + strconv.Itoa(int(port))
-			ln, err := net.Listen("tcp4", addr)
-			if err != nil {
-				return fmt.Errorf("listen tcp: %w", err)
-			}
-			lns = append(lns, ln)
-			pc, err := net.ListenPacket("udp4", addr)
-			if err != nil {
-				return fmt.Errorf("listen udp: %w", err)
-			}
-			p := ipv4.NewPacketConn(pc)
-			pcs = append(pcs, p)
-			// The destination address becomes the reply's source: the
-			// client's connected socket accepts nothing else.
-			if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
-				return fmt.Errorf("enable IP_PKTINFO: %w", err)
-			}
-			if !has6 {
-				continue
-			}
-			// tcp6 and udp6 sockets are IPv6-only (IPV6_V6ONLY), so they
-			// do not collide with the IPv4 ones.
-			ln, err = net.Listen("tcp6", addr)
-			if err != nil {
-				return fmt.Errorf("listen tcp6: %w", err)
-			}
-			lns = append(lns, ln)
-			pc, err = net.ListenPacket("udp6", addr)
-			if err != nil {
-				return fmt.Errorf("listen udp6: %w", err)
-			}
-			p6 := ipv6.NewPacketConn(pc)
-			pcs6 = append(pcs6, p6)
-			if err := p6.SetControlMessage(ipv6.FlagDst, true); err != nil {
-				return fmt.Errorf("enable IPV6_RECVPKTINFO: %w", err)
-			}
-		}
-		return nil
-	})
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-		for _, pc := range pcs {
-			pc.Close()
-		}
-		for _, pc := range pcs6 {
-			pc.Close()
-		}
-		wg.Wait()
+		var err error
+		e, err = ListenEcho(name, ports...)
+		return err
 	})
 	if err != nil {
 		t.Fatalf("serve %s in netns %s: %v", name, ns.Name, err)
 	}
-	for _, ln := range lns {
-		wg.Go(func() { serveTCP(ln, name) })
+	t.Cleanup(e.Close)
+}
+
+// EchoServers are one pod's echo servers, made by ListenEcho.
+type EchoServers struct {
+	lns  []net.Listener
+	pcs  []*ipv4.PacketConn
+	pcs6 []*ipv6.PacketConn
+	wg   sync.WaitGroup
+}
+
+// ListenEcho starts echo servers for the pod name on each port, in the
+// network namespace of the calling thread (call it inside (*NS).Do or
+// similar): TCP and UDP on 0.0.0.0, and on [::] if the namespace has an IPv6
+// address other than loopback and link-local ones. TCP servers write a Reply
+// line naming name to each accepted connection and close it; UDP servers send
+// it back to every datagram's sender, from the address the datagram was sent
+// to. Close stops them.
+func ListenEcho(name string, ports ...uint16) (*EchoServers, error) {
+	e := &EchoServers{}
+	if err := e.listen(ports); err != nil {
+		e.Close()
+		return nil, err
 	}
-	for _, pc := range pcs {
-		wg.Go(func() { serveUDP(pc, name) })
+	for _, ln := range e.lns {
+		e.wg.Go(func() { serveTCP(ln, name) })
 	}
-	for _, pc := range pcs6 {
-		wg.Go(func() { serveUDP6(pc, name) })
+	for _, pc := range e.pcs {
+		e.wg.Go(func() { serveUDP(pc, name) })
 	}
+	for _, pc := range e.pcs6 {
+		e.wg.Go(func() { serveUDP6(pc, name) })
+	}
+	return e, nil
+}
+
+func (e *EchoServers) listen(ports []uint16) error {
+	has6, err := hasIPv6()
+	if err != nil {
+		return err
+	}
+	for _, port := range ports {
+		addr := ":" + strconv.Itoa(int(port))
+		ln, err := net.Listen("tcp4", addr)
+		if err != nil {
+			return fmt.Errorf("listen tcp: %w", err)
+		}
+		e.lns = append(e.lns, ln)
+		pc, err := net.ListenPacket("udp4", addr)
+		if err != nil {
+			return fmt.Errorf("listen udp: %w", err)
+		}
+		p := ipv4.NewPacketConn(pc)
+		e.pcs = append(e.pcs, p)
+		// The destination address becomes the reply's source: the
+		// client's connected socket accepts nothing else.
+		if err := p.SetControlMessage(ipv4.FlagDst, true); err != nil {
+			return fmt.Errorf("enable IP_PKTINFO: %w", err)
+		}
+		if !has6 {
+			continue
+		}
+		// tcp6 and udp6 sockets are IPv6-only (IPV6_V6ONLY), so they
+		// do not collide with the IPv4 ones.
+		ln, err = net.Listen("tcp6", addr)
+		if err != nil {
+			return fmt.Errorf("listen tcp6: %w", err)
+		}
+		e.lns = append(e.lns, ln)
+		pc, err = net.ListenPacket("udp6", addr)
+		if err != nil {
+			return fmt.Errorf("listen udp6: %w", err)
+		}
+		p6 := ipv6.NewPacketConn(pc)
+		e.pcs6 = append(e.pcs6, p6)
+		if err := p6.SetControlMessage(ipv6.FlagDst, true); err != nil {
+			return fmt.Errorf("enable IPV6_RECVPKTINFO: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close stops the servers and waits for them.
+func (e *EchoServers) Close() {
+	for _, ln := range e.lns {
+		ln.Close()
+	}
+	for _, pc := range e.pcs {
+		pc.Close()
+	}
+	for _, pc := range e.pcs6 {
+		pc.Close()
+	}
+	e.wg.Wait()
 }
 
 // hasIPv6 reports whether the calling thread's namespace has an IPv6 address
@@ -159,7 +185,7 @@ func serveTCP(ln net.Listener, name string) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
-			return // closed by cleanup
+			return // closed
 		}
 		client := unmap(conn.RemoteAddr().(*net.TCPAddr).AddrPort())
 		conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -173,7 +199,7 @@ func serveUDP(pc *ipv4.PacketConn, name string) {
 	for {
 		_, cm, src, err := pc.ReadFrom(buf)
 		if err != nil {
-			return // closed by cleanup
+			return // closed
 		}
 		client := unmap(src.(*net.UDPAddr).AddrPort())
 		var reply *ipv4.ControlMessage
@@ -191,7 +217,7 @@ func serveUDP6(pc *ipv6.PacketConn, name string) {
 	for {
 		_, cm, src, err := pc.ReadFrom(buf)
 		if err != nil {
-			return // closed by cleanup
+			return // closed
 		}
 		client := unmap(src.(*net.UDPAddr).AddrPort())
 		var reply *ipv6.ControlMessage
@@ -251,8 +277,20 @@ func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout ti
 	if err := conn.SetDeadline(deadline); err != nil {
 		return Reply{}, fmt.Errorf("set deadline: %w", err)
 	}
+	r, err := Ask(conn)
+	if err != nil {
+		return Reply{}, fmt.Errorf("from netns %s: %w", ns.Name, err)
+	}
+	return r, nil
+}
+
+// Ask sends an echo server the request it expects on conn (nothing over TCP,
+// where the server speaks first; a datagram over UDP) and reads and parses
+// its reply. The caller sets conn's deadline.
+func Ask(conn net.Conn) (Reply, error) {
 	var line []byte
-	if strings.HasPrefix(network, "udp") {
+	var err error
+	if _, udp := conn.(*net.UDPConn); udp {
 		if _, err = conn.Write([]byte("ping\n")); err == nil {
 			buf := make([]byte, 2048)
 			var n int
@@ -263,7 +301,8 @@ func (ns *NS) dial(t testing.TB, network string, addr netip.AddrPort, timeout ti
 		line, err = io.ReadAll(conn)
 	}
 	if err != nil {
-		return Reply{}, fmt.Errorf("read %s %s from netns %s: %w", network, addr, ns.Name, err)
+		addr := conn.RemoteAddr()
+		return Reply{}, fmt.Errorf("read %s %s: %w", addr.Network(), addr, err)
 	}
 	return ParseReply(string(line))
 }

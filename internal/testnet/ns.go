@@ -110,7 +110,11 @@ func (ns *NS) RunErr(args ...string) (string, error) {
 // namespace, then switches back. Sockets created by fn belong to the namespace
 // and may be used from any goroutine afterwards. Goroutines started by fn do
 // not run in the namespace.
-func (ns *NS) Do(fn func() error) (err error) {
+func (ns *NS) Do(fn func() error) error { return DoIn(ns.handle, ns.Name, fn) }
+
+// DoIn is (*NS).Do for any open namespace handle h, named name in errors;
+// e2e/harness uses it for namespaces that outlive a test.
+func DoIn(h netns.NsHandle, name string, fn func() error) (err error) {
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -118,15 +122,15 @@ func (ns *NS) Do(fn func() error) (err error) {
 		return fmt.Errorf("get current netns: %w", err)
 	}
 	defer orig.Close()
-	if err := netns.Set(ns.handle); err != nil {
+	if err := netns.Set(h); err != nil {
 		runtime.UnlockOSThread()
-		return fmt.Errorf("enter netns %s: %w", ns.Name, err)
+		return fmt.Errorf("enter netns %s: %w", name, err)
 	}
 	defer func() {
 		if rerr := netns.Set(orig); rerr != nil {
 			// Keep the thread locked: the runtime then discards it when this
 			// goroutine exits instead of reusing it in the wrong namespace.
-			err = errors.Join(err, fmt.Errorf("restore netns after %s: %w", ns.Name, rerr))
+			err = errors.Join(err, fmt.Errorf("restore netns after %s: %w", name, rerr))
 			return
 		}
 		runtime.UnlockOSThread()
