@@ -521,7 +521,10 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 func (fb *familyBuild) fragment(cfg Config, masq nft.Expr) familyFragment {
 	ff := familyFragment{hasServices: fb.hasServices(), wants: fb.wants}
 	for i, l := range fb.lists() {
-		ff.elems[i] = *l
+		if len(*l) > 0 {
+			ff.elems.sets = append(ff.elems.sets, uint8(i))
+			ff.elems.lists = append(ff.elems.lists, *l)
+		}
 	}
 	ff.needs = fb.needs
 	slices.SortFunc(ff.needs, chainNeed.compare)

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -42,7 +43,7 @@ type Proxier struct {
 	services       map[types.NamespacedName]*v1.Service
 	endpointSlices map[types.NamespacedName]*discoveryv1.EndpointSlice
 	// slicesOf indexes the EndpointSlices by the service they belong to.
-	slicesOf     map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice
+	slicesOf     map[types.NamespacedName][]*discoveryv1.EndpointSlice
 	serviceCIDRs map[string]*networkingv1.ServiceCIDR
 	node         *v1.Node
 	localAddrs   []netip.Addr
@@ -103,7 +104,7 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 		kernel:         kernel,
 		services:       map[types.NamespacedName]*v1.Service{},
 		endpointSlices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
-		slicesOf:       map[types.NamespacedName]map[string]*discoveryv1.EndpointSlice{},
+		slicesOf:       map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
 		serviceCIDRs:   map[string]*networkingv1.ServiceCIDR{},
 		dirty:          map[types.NamespacedName]bool{},
 		reported:       map[types.NamespacedName][]Problem{},
@@ -175,9 +176,11 @@ func (p *Proxier) unindexSlice(key types.NamespacedName) {
 		return
 	}
 	if svc, ok := serviceOf(old); ok {
-		delete(p.slicesOf[svc], key.Name)
-		if len(p.slicesOf[svc]) == 0 {
+		rest := slices.DeleteFunc(p.slicesOf[svc], func(s *discoveryv1.EndpointSlice) bool { return s.Name == key.Name })
+		if len(rest) == 0 {
 			delete(p.slicesOf, svc)
+		} else {
+			p.slicesOf[svc] = rest
 		}
 		p.dirty[svc] = true
 	}
@@ -191,10 +194,9 @@ func (p *Proxier) SetEndpointSlice(s *discoveryv1.EndpointSlice) {
 		p.unindexSlice(key)
 		p.endpointSlices[key] = s
 		if svc, ok := serviceOf(s); ok {
-			if p.slicesOf[svc] == nil {
-				p.slicesOf[svc] = map[string]*discoveryv1.EndpointSlice{}
-			}
-			p.slicesOf[svc][key.Name] = s
+			// A service has a slice or a few: a slice of them costs less
+			// than a map for each of thousands of services.
+			p.slicesOf[svc] = append(p.slicesOf[svc], s)
 			p.dirty[svc] = true
 		}
 		// The EndpointSlice controller stamps when the change that led to
@@ -539,11 +541,8 @@ func (p *Proxier) dirtyObjects() syncInput {
 func (p *Proxier) slicesFor(k types.NamespacedName) []*discoveryv1.EndpointSlice {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := p.slicesOf[k]
-	out := make([]*discoveryv1.EndpointSlice, 0, len(m))
-	for _, name := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[name])
-	}
+	out := slices.Clone(p.slicesOf[k])
+	slices.SortFunc(out, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
