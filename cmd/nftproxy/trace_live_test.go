@@ -220,6 +220,25 @@ func TestTraceLive(t *testing.T) {
 		}
 	})
 
+	t.Run("ClusterIP from the node itself: output hook", func(t *testing.T) {
+		node := c.Config.NodeIP.Addr().String()
+		lc := startNftproxy(t, c.Node, "live: tracing", live(node, "10.96.0.10", "80", "--duration", "10s", "--max-packets", "1")...)
+		if _, err := c.Node.DialTCP(t, netip.MustParseAddrPort("10.96.0.10:80"), 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		r := lc.wait(t)
+		blocks := packetBlocks(r.stdout)
+		if r.code != 0 || len(blocks) != 1 {
+			t.Fatalf("want one packet: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+		}
+		wantPath := []string{"nat-output", "services", "lb-v4-2", "nat-postrouting", "masquerading"}
+		if path := chainPath(blocks[0]); !isSubsequence(wantPath, path) || !strings.HasPrefix(blocks[0], "packet 1 at ") ||
+			!strings.Contains(blocks[0], "service default/web:http\n") || !regexp.MustCompile(`\n  output +nat-output `).MatchString(blocks[0]) ||
+			!regexp.MustCompile(`=> DNAT to 10\.244\.1\.[56]:8080, sent out, masqueraded$`).MatchString(blocks[0]) {
+			t.Errorf("chain path %v, want %v in order, in the output hook, sent out:\n%s", path, wantPath, blocks[0])
+		}
+	})
+
 	t.Run("service without endpoints, from a pod: rejected", func(t *testing.T) {
 		lc := startNftproxy(t, c.Node, "live: tracing", live("10.244.1.5", "10.96.0.50", "80", "--duration", "10s", "--max-packets", "1")...)
 		start := time.Now()
