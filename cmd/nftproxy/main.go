@@ -10,6 +10,7 @@
 //	nftproxy diff                 what the next sync would change
 //	nftproxy trace --src A --dst B --dport P
 //	                              what the rules do with a packet
+//	nftproxy trace --live ...     and the kernel's trace of real packets
 //	nftproxy top                  the service counters, live
 package main
 

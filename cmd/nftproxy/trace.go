@@ -19,7 +19,8 @@ import (
 // traceFlags: nftproxy trace explains what the rules do with the first
 // packet of a connection, with nft.Evaluate over the wanted table (from
 // --objects, offline) or over the kernel's elements (the wanted chains and
-// what ReadTable finds in the sets).
+// what ReadTable finds in the sets). With --live it then traces real
+// packets (trace_live.go).
 func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	w := addWantFlags(fs)
 	src := fs.String("src", "", "the packet's source address (required)")
@@ -32,16 +33,21 @@ func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	var extraLocal listFlag
 	fs.Var(&extraLocal, "local-address", "addresses of this host besides the known ones (offline: the node's addresses; otherwise the host's interface addresses)")
 	allPaths := fs.Bool("paths", false, "print the rules each outcome matched, not only the first outcome's")
+	live := addLiveFlags(fs)
 	return func(ctx context.Context) error {
 		p, err := parsePacket(*src, *dst, *dport, *proto)
 		if err != nil {
+			return err
+		}
+		liveOpts, err := live.options()
+		if *live.enabled && err != nil {
 			return err
 		}
 		want, err := w.build(ctx)
 		if err != nil {
 			return err
 		}
-		offline := len(w.files.objects) > 0 && !*kernel
+		offline := len(w.files.objects) > 0 && !*kernel && !*live.enabled
 		var k *nft.Kernel
 		if !offline {
 			k = nft.NewKernel()
@@ -73,7 +79,10 @@ func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		return writeTrace(os.Stdout, p, outs, warnings, *allPaths)
+		if err := writeTrace(os.Stdout, p, outs, warnings, *allPaths); err != nil || !*live.enabled {
+			return err
+		}
+		return liveTrace(ctx, os.Stdout, p, tbl, liveOpts)
 	}
 }
 
