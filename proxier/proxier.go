@@ -231,17 +231,27 @@ func (p *Proxier) DeleteServiceCIDR(name string) {
 // SetLocalAddrs records the host's interface addresses, the candidates for
 // --nodeport-addresses CIDRs, so NodePorts follow address changes without a
 // restart.
+//
+// Interface addresses come and go with every pod (the host side of its
+// veth gets a link-local address); only a change of the addresses NodePorts
+// are served on rebuilds the table.
 func (p *Proxier) SetLocalAddrs(addrs []netip.Addr) {
 	p.mu.Lock()
-	same := p.localAddrs != nil && slices.Equal(p.localAddrs, addrs)
+	before := p.servedNodePortAddrs()
+	p.localAddrs = slices.Clone(addrs)
+	same := slices.Equal(before, p.servedNodePortAddrs())
 	p.mu.Unlock()
 	if same {
 		return
 	}
-	p.record(nil, func() {
-		p.localAddrs = slices.Clone(addrs)
-		p.rebuild = true
-	})
+	p.record(nil, func() { p.rebuild = true })
+}
+
+// servedNodePortAddrs returns the addresses NodePorts are served on with
+// the recorded node and local addresses; p.mu is held.
+func (p *Proxier) servedNodePortAddrs() []netip.Addr {
+	cfg := p.config()
+	return append(nodePortAddresses(cfg, p.node, false), nodePortAddresses(cfg, p.node, true)...)
 }
 
 // WithEventRecorder makes the proxier send a Warning Event to a Service

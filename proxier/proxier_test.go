@@ -193,4 +193,10 @@ func TestNodePortAddressesFollowTheNode(t *testing.T) {
 	if plan := fake.LastPlan(); plan.Replace {
 		t.Error("an address change replaced the whole table")
 	}
+	// Addresses outside the CIDRs (a pod's veth getting a link-local
+	// address) change nothing: no rebuild, not even a sync.
+	p.SetLocalAddrs([]netip.Addr{netip.MustParseAddr("192.168.60.4"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fe80::1")})
+	if !p.oldestQueued.IsZero() || p.rebuild {
+		t.Errorf("an address outside the NodePort CIDRs recorded a change (rebuild %v)", p.rebuild)
+	}
 }
