@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -81,6 +82,14 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		recorder.Eventf(&corev1.ObjectReference{APIVersion: "v1", Kind: "Node", Name: nodeName, UID: types.UID(nodeName)},
 			corev1.EventTypeNormal, "Starting", "Starting nftproxy %s.", version)
 
+		// The heap is mostly long-lived: informer objects and the table's
+		// fragments. Partial syncs allocate almost nothing, so collecting
+		// at half the live heap instead of all of it costs little CPU and
+		// lowers the peak of a full sync (10k services x 10 endpoints: 214
+		// instead of 255 MiB resident). GOGC, when set, still wins.
+		if os.Getenv("GOGC") == "" {
+			debug.SetGCPercent(50)
+		}
 		var p *proxier.Proxier
 		health := healthcheck.NewServer(klog.FromContext(ctx), nil, func() bool { return p.Healthy() })
 		defer health.Close()
