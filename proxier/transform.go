@@ -1,6 +1,8 @@
 package proxier
 
 import (
+	"slices"
+
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,26 +14,33 @@ import (
 // images and conditions. At 10,000 services of 10 endpoints this is most of
 // the daemon's memory.
 
-// stripMeta keeps the identity, labels and the annotations the rules read.
-func stripMeta(m *metav1.ObjectMeta, keep ...string) {
+// stripMeta keeps the identity and the labels and annotations the rules
+// read.
+func stripMeta(m *metav1.ObjectMeta, labels []string, annotations ...string) {
 	m.ManagedFields = nil
 	m.OwnerReferences = nil
 	m.Finalizers = nil
-	var annotations map[string]string
-	for _, k := range keep {
-		if v, ok := m.Annotations[k]; ok {
-			if annotations == nil {
-				annotations = map[string]string{}
+	m.Labels = only(m.Labels, labels...)
+	m.Annotations = only(m.Annotations, annotations...)
+}
+
+// only returns the entries of m with the given keys, nil if none.
+func only(m map[string]string, keys ...string) map[string]string {
+	var out map[string]string
+	for _, k := range keys {
+		if v, ok := m[k]; ok {
+			if out == nil {
+				out = make(map[string]string, len(keys))
 			}
-			annotations[k] = v
+			out[k] = v
 		}
 	}
-	m.Annotations = annotations
+	return out
 }
 
 func transformService(obj any) (any, error) {
 	if s, ok := obj.(*v1.Service); ok {
-		stripMeta(&s.ObjectMeta, annotationSourceRanges)
+		stripMeta(&s.ObjectMeta, []string{labelServiceProxyName}, annotationSourceRanges)
 		s.Spec.Selector = nil
 		s.Status.Conditions = nil
 	}
@@ -40,12 +49,16 @@ func transformService(obj any) (any, error) {
 
 func transformEndpointSlice(obj any) (any, error) {
 	if s, ok := obj.(*discoveryv1.EndpointSlice); ok {
-		stripMeta(&s.ObjectMeta, v1.EndpointsLastChangeTriggerTime)
+		stripMeta(&s.ObjectMeta, []string{discoveryv1.LabelServiceName}, v1.EndpointsLastChangeTriggerTime)
 		for i := range s.Endpoints {
 			e := &s.Endpoints[i]
 			e.TargetRef = nil
 			e.DeprecatedTopology = nil
 			e.Hostname = nil
+		}
+		// Decoding grows the list by doubling: up to half of it unused.
+		if cap(s.Endpoints) > len(s.Endpoints) {
+			s.Endpoints = slices.Clone(s.Endpoints)
 		}
 	}
 	return obj, nil
@@ -53,7 +66,7 @@ func transformEndpointSlice(obj any) (any, error) {
 
 func transformNode(obj any) (any, error) {
 	if n, ok := obj.(*v1.Node); ok {
-		stripMeta(&n.ObjectMeta)
+		stripMeta(&n.ObjectMeta, []string{v1.LabelTopologyZone})
 		n.Status = v1.NodeStatus{Addresses: n.Status.Addresses}
 	}
 	return obj, nil

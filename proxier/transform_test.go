@@ -22,7 +22,13 @@ func TestTransformsKeepWhatRulesRead(t *testing.T) {
 		st := randomState(seed)
 		st.Node.Status.Images = []v1.ContainerImage{{Names: []string{"registry/image:tag"}, SizeBytes: 1 << 20}}
 		st.Node.Labels = map[string]string{v1.LabelTopologyZone: "zone-a"}
-		for _, s := range st.Services {
+		for i, s := range st.Services {
+			s.Labels = map[string]string{"app": "x"}
+			if i%3 == 0 {
+				// A label the rules read: services for another proxy are
+				// skipped, stripped or not.
+				s.Labels[labelServiceProxyName] = "other"
+			}
 			s.ManagedFields, s.Annotations = bulky.ManagedFields, map[string]string{annotationSourceRanges: "10.0.0.0/8", "x": "y"}
 			s.Spec.Selector = map[string]string{"app": "x"}
 		}
@@ -56,7 +62,7 @@ func TestTransformsKeepWhatRulesRead(t *testing.T) {
 			t.Fatalf("seed %d: stripped objects build another table:\n%s", seed, lineDiff(full, got))
 		}
 		for _, s := range stripped.Services {
-			if s.ManagedFields != nil || s.Annotations["x"] != "" || s.Annotations[annotationSourceRanges] == "" {
+			if s.ManagedFields != nil || s.Annotations["x"] != "" || s.Annotations[annotationSourceRanges] == "" || s.Labels["app"] != "" {
 				t.Fatalf("service %s: metadata not stripped as expected: %+v", s.Name, s.ObjectMeta)
 			}
 		}
