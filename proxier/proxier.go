@@ -56,6 +56,9 @@ type Proxier struct {
 	dirty        map[types.NamespacedName]bool
 	rebuild      bool
 	checkPending bool
+	// replacePending is set when another process changed set elements of
+	// the table, which a check cannot see.
+	replacePending bool
 	// oldestQueued is when the oldest change not yet applied was recorded;
 	// lastSynced when a sync last succeeded (health).
 	oldestQueued, lastSynced time.Time
@@ -286,10 +289,18 @@ func (p *Proxier) reportProblems(problems map[types.NamespacedName][]Problem) {
 // MinSyncPeriod away, checks the kernel and replaces the table if anything
 // is missing.
 func (p *Proxier) ForeignChange(logger klog.Logger, c nft.Change) {
-	logger.Info("Another process changed the nftproxy table; checking it", "process", c.Process, "changes", c.What)
 	p.mu.Lock()
 	p.checkPending = true
+	if c.Elements {
+		// Kernel.Check reads no elements: replace the table.
+		p.replacePending = true
+	}
 	p.mu.Unlock()
+	if c.Elements {
+		logger.Info("Another process changed elements of the nftproxy table; replacing it", "process", c.Process, "changes", c.What)
+	} else {
+		logger.Info("Another process changed the nftproxy table; checking it", "process", c.Process, "changes", c.What)
+	}
 	p.queue.Add(syncKey)
 }
 
@@ -404,6 +415,11 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.oldestQueued = time.Time{}
 	triggers := p.triggers
 	p.triggers = nil
+	if p.replacePending && p.state != nil {
+		p.state = nil
+		p.metrics.repaired()
+	}
+	p.replacePending = false
 	check := p.checkPending && p.state != nil
 	full := p.state == nil || p.rebuild
 	p.checkPending, p.rebuild = false, false

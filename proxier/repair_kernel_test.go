@@ -37,6 +37,20 @@ func TestForeignFlushIsRepairedAtOnce(t *testing.T) {
 	}
 	eventually(t, "the first sync", func() bool { return strings.Contains(rules(), "vmap @service-ips-v4") })
 
+	// Set elements another process deletes: the check reads no elements,
+	// the table is replaced.
+	elems := func() string {
+		out, _ := c.Node.RunErr("nft", "list", "map", "inet", TableName, "service-ips-v4")
+		return out
+	}
+	start := time.Now()
+	c.Node.Run(t, "nft", "flush", "map", "inet", TableName, "service-ips-v4")
+	eventually(t, "the repair of flushed elements", func() bool { return strings.Contains(elems(), "goto lb-v4-") })
+	if _, err := c.Pods["pod-a"].NS.DialTCP(t, vipPort(webIP, 80), 2*time.Second); err != nil {
+		t.Errorf("after the elements were flushed and repaired: %v", err)
+	}
+	t.Logf("flushed elements repaired in %v", time.Since(start))
+
 	for _, tamper := range []string{"flush table inet nftproxy", "delete table inet nftproxy"} {
 		start := time.Now()
 		c.Node.Run(t, "nft", tamper)
