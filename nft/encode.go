@@ -78,20 +78,29 @@ func encodePlan(p *Plan) ([]message, error) {
 		return nil, err
 	}
 	var out []message
+	// parts names each message of an operation, for error reports.
+	parts := func(what string, msgs []netlink.Message) {
+		for i, m := range msgs {
+			w := what
+			if len(msgs) > 1 {
+				w = fmt.Sprintf("%s (part %d of %d)", what, i+1, len(msgs))
+			}
+			out = append(out, message{msg: m, what: w})
+		}
+	}
 	for _, o := range p.ops {
 		if o.kind == opAddElements || o.kind == opDeleteElements {
-			what := fmt.Sprintf("%s %d elements of set %s", map[bool]string{true: "delete", false: "add"}[o.kind == opDeleteElements], len(o.elements), o.set.Name)
-			msgs, err := encodeElements(p.family, p.table, o.set, o.elements, o.kind == opDeleteElements)
+			del := o.kind == opDeleteElements
+			verb := "add"
+			if del {
+				verb = "delete"
+			}
+			what := fmt.Sprintf("%s %d elements of set %s", verb, len(o.elements), o.set.Name)
+			msgs, err := encodeElements(p.family, p.table, o.set, o.elements, del)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", what, err)
 			}
-			for i, m := range msgs {
-				w := what
-				if len(msgs) > 1 {
-					w = fmt.Sprintf("%s (part %d of %d)", what, i+1, len(msgs))
-				}
-				out = append(out, message{msg: m, what: w})
-			}
+			parts(what, msgs)
 			continue
 		}
 		what, err := e.queue(o)
@@ -110,13 +119,7 @@ func encodePlan(p *Plan) ([]message, error) {
 		if err := patchObjects(msgs, o); err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)
 		}
-		for i, m := range msgs {
-			w := what
-			if len(msgs) > 1 {
-				w = fmt.Sprintf("%s (part %d of %d)", what, i+1, len(msgs))
-			}
-			out = append(out, message{msg: m, what: w})
-		}
+		parts(what, msgs)
 	}
 	return out, nil
 }

@@ -76,12 +76,7 @@ func BenchmarkSoak(b *testing.B) {
 		b.Fatal(err)
 	}
 	st := benchState(1000, 10)
-	for _, s := range st.Services {
-		p.SetService(s)
-	}
-	for _, s := range st.EndpointSlices {
-		p.SetEndpointSlice(s)
-	}
+	recordState(p, st)
 	heap := func() uint64 {
 		runtime.GC()
 		var m runtime.MemStats
@@ -138,12 +133,7 @@ func BenchmarkSyncOneEndpointChanged(b *testing.B) {
 				b.Fatal(err)
 			}
 			st := benchState(n, 10)
-			for _, s := range st.Services {
-				p.SetService(s)
-			}
-			for _, s := range st.EndpointSlices {
-				p.SetEndpointSlice(s)
-			}
+			recordState(p, st)
 			if err := p.Sync(ctx); err != nil {
 				b.Fatal(err)
 			}

@@ -111,12 +111,7 @@ func TestPartialSyncCounters(t *testing.T) {
 	}
 	st := counterTestState()
 	p.SetNode(st.Node)
-	for _, s := range st.Services {
-		p.SetService(s)
-	}
-	for _, s := range st.EndpointSlices {
-		p.SetEndpointSlice(s)
-	}
+	recordState(p, st)
 	ctx := t.Context()
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)

@@ -118,12 +118,7 @@ func BenchmarkKernelOneEndpointUpdate(b *testing.B) {
 		b.Fatal(err)
 	}
 	st := benchState(10000, 10)
-	for _, s := range st.Services {
-		p.SetService(s)
-	}
-	for _, s := range st.EndpointSlices {
-		p.SetEndpointSlice(s)
-	}
+	recordState(p, st)
 	ctx := b.Context()
 	if err := p.Sync(ctx); err != nil {
 		b.Fatal(err)
@@ -162,12 +157,7 @@ func BenchmarkKernelColdSync(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		for _, s := range st.Services {
-			p.SetService(s)
-		}
-		for _, s := range st.EndpointSlices {
-			p.SetEndpointSlice(s)
-		}
+		recordState(p, st)
 		b.StartTimer()
 		if err := p.Sync(b.Context()); err != nil {
 			b.Fatal(err)

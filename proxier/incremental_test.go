@@ -206,12 +206,7 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range st.Services {
-		p.SetService(s)
-	}
-	for _, s := range st.EndpointSlices {
-		p.SetEndpointSlice(s)
-	}
+	recordState(p, st)
 	ctx := t.Context()
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)

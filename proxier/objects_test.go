@@ -200,3 +200,13 @@ func recordObjects(p *Proxier, objs []runtime.Object) {
 		}
 	}
 }
+
+// recordState hands a State's services and slices to a proxier.
+func recordState(p *Proxier, st State) {
+	for _, s := range st.Services {
+		p.SetService(s)
+	}
+	for _, s := range st.EndpointSlices {
+		p.SetEndpointSlice(s)
+	}
+}
