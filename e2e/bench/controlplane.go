@@ -190,12 +190,15 @@ func (cp *controlPlane) attachNode(ctx context.Context, suffix string) (harness.
 	if err != nil {
 		return ns, err
 	}
+	// An interface name has at most 15 bytes.
+	veth := "v" + strings.ReplaceAll(suffix, "-", "")
+	veth = veth[:min(len(veth), 15)]
 	steps := []struct {
 		ns   harness.NS
 		args []string
 	}{
-		{cp.ns, []string{"link", "add", "veth-" + suffix, "type", "veth", "peer", "name", "eth0", "netns", ns.Name}},
-		{cp.ns, []string{"link", "set", "veth-" + suffix, "master", "br0", "up"}},
+		{cp.ns, []string{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns.Name}},
+		{cp.ns, []string{"link", "set", veth, "master", "br0", "up"}},
 		{ns, []string{"addr", "add", nodeIP.String() + "/" + strconv.Itoa(lanBits), "dev", "eth0"}},
 		{ns, []string{"link", "set", "eth0", "up"}},
 		// Output DNAT needs a route for service IPs.
