@@ -71,6 +71,8 @@ type report struct {
 	// LoadSeconds is the time to write the objects.
 	LoadSeconds float64  `json:"loadSeconds"`
 	Results     []result `json:"results"`
+	// NftproxyArgs are the arguments added to nftproxy's (-nftproxy-arg).
+	NftproxyArgs []string `json:"nftproxyExtraArgs,omitempty"`
 }
 
 // settings are the flags that shape a size's run.
@@ -79,7 +81,15 @@ type settings struct {
 	stream           time.Duration
 	streamRate       float64
 	connects         int
+	// extraArgs are appended to nftproxy's arguments.
+	extraArgs stringList
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, " ") }
+func (l *stringList) Set(s string) error { *l = append(*l, s); return nil }
 
 // fewServices is how many of the loaded services the proxies hold when the
 // data plane is measured with few Services (the echo and kubernetes
@@ -96,6 +106,7 @@ func main() {
 	flag.IntVar(&set.connects, "connects", 2000, "timed TCP connects through a ClusterIP per proxy, with few Services and with all (0: no data-plane figure)")
 	bin := flag.String("nftproxy", "", "nftproxy binary to run (default: build the committed HEAD)")
 	only := flag.String("proxies", "nftproxy,kube-proxy", "proxies to run, in order")
+	flag.Var(&set.extraArgs, "nftproxy-arg", "one more argument for nftproxy, e.g. --min-sync-period=100ms (repeatable; the figures then are not at defaults)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -148,7 +159,7 @@ func run(ctx context.Context, sizeList string, set settings, bin, only string) (
 	var reports []report
 	for _, sz := range sizes {
 		rep, err := benchSize(ctx, paths, benchDir, sz, proxies, bins, set)
-		rep.Commit = commit
+		rep.Commit, rep.NftproxyArgs = commit, set.extraArgs
 		if rep.Size != "" {
 			reports = append(reports, rep)
 			writeReport(rep)
@@ -218,7 +229,7 @@ func benchSize(ctx context.Context, paths harness.Paths, benchDir string, sz siz
 		stream: set.stream, streamRate: set.streamRate, connects: set.connects}
 	pxOf := func(name string, o benchOptions) proxy {
 		if name == "nftproxy" {
-			return nftproxy{services: o.services + o.extra}
+			return nftproxy{services: o.services + o.extra, extraArgs: set.extraArgs}
 		}
 		return kubeProxy{}
 	}

@@ -217,13 +217,16 @@ func poll(ctx context.Context, p *harness.Process, interval, timeout time.Durati
 // nftproxy reads its "Synced rules" log lines (-v=2): its metrics'
 // last-sync timestamp has whole seconds only. Its network programming
 // latency comes from its metrics (127.0.0.1:10249, the default) when served.
-type nftproxy struct{ services int }
+type nftproxy struct {
+	services  int
+	extraArgs []string
+}
 
 func (nftproxy) name() string { return "nftproxy" }
 
-func (nftproxy) args(bin, kubeconfig string) []string {
-	return []string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
-		"--cluster-cidr", clusterNet, "--healthz-bind-address", "", "-v=2"}
+func (n nftproxy) args(bin, kubeconfig string) []string {
+	return append([]string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
+		"--cluster-cidr", clusterNet, "--healthz-bind-address", "", "-v=2"}, n.extraArgs...)
 }
 
 func (nftproxy) dispatchMap() (string, string, string) { return "inet", "nftproxy", "service-ips-v4" }

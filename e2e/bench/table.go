@@ -140,6 +140,9 @@ func table(reps []report) string {
 		nft, okN := byName["nftproxy"]
 		kp, okK := byName["kube-proxy"]
 		fmt.Fprintf(&b, "### %s (services × endpoints), %s, load %s → %s\n\n", rep.Size, rep.Date.Format("2006-01-02 15:04Z"), rep.LoadBefore, rep.LoadAfter)
+		if len(rep.NftproxyArgs) > 0 {
+			fmt.Fprintf(&b, "nftproxy ran with `%s` added to its arguments.\n\n", strings.Join(rep.NftproxyArgs, " "))
+		}
 		fmt.Fprintf(&b, "| figure | nftproxy | kube-proxy | nftproxy ÷ kube-proxy |\n|---|---:|---:|---:|\n")
 		for _, rw := range rowsFor(rep) {
 			cell := func(r result, ok bool) (string, float64) {
