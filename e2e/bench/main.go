@@ -277,8 +277,8 @@ func benchSize(ctx context.Context, paths harness.Paths, benchDir string, sz siz
 				micros(dp.Service.P50), micros(dp.Service.P99), micros(dp.Direct.P50), micros(dp.Direct.P99))
 		}
 		if st := res.Stream; st != nil {
-			fmt.Printf("%s, %d updates in %.1fs (%d late), %.0f syncs: programming latency (histogram) p50 %s p99 %s mean %s; write → kernel p50 %s p99 %s (%d of %d seen)\n",
-				name, st.Writes, st.WriteSeconds, st.Late, st.Syncs, millis(st.HistP50), millis(st.HistP99), millis(st.HistMean),
+			fmt.Printf("%s, %d updates in %.1fs (%d late, %d retried), %.0f syncs: programming latency (histogram) p50 %s p99 %s mean %s; write → kernel p50 %s p99 %s (%d of %d seen)\n",
+				name, st.Writes, st.WriteSeconds, st.Late, st.Retries, st.Syncs, millis(st.HistP50), millis(st.HistP99), millis(st.HistMean),
 				millis(st.KernelP50), millis(st.KernelP99), st.Seen, st.Writes)
 		}
 	}

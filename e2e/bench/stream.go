@@ -5,7 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"github.com/nftproxy/nftproxy/e2e/harness"
 )
@@ -23,6 +27,8 @@ type streamResult struct {
 	Writes       int     `json:"writes"`
 	WriteSeconds float64 `json:"writeSeconds"`
 	Late         int     `json:"lateWrites"`
+	// Retries counts writes made again after a connection error.
+	Retries int `json:"writeRetries"`
 	// Histogram is what the proxy observed into
 	// kubeproxy_network_programming_duration_seconds{ip_family="IPv4"}
 	// during the stream (the difference of two scrapes); HistP50, HistP99
@@ -150,6 +156,7 @@ func writeStream(ctx context.Context, cp *controlPlane, serviceOf []int, endpoin
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	slots := make(chan struct{}, 16)
+	var retries atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
 	for k, svc := range serviceOf {
@@ -170,18 +177,36 @@ func writeStream(ctx context.Context, cp *controlPlane, serviceOf []int, endpoin
 		}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			t, err := replaceSlice(ctx, cp.client, streamSlice(svc, endpoints, streamAddr(k)))
+			t, retried, err := writeRetrying(ctx, cp, streamSlice(svc, endpoints, streamAddr(k)))
 			written[k] = t
+			retries.Add(int64(retried))
 			if err != nil {
 				cancel(fmt.Errorf("stream write %d: %w", k, err))
 			}
 		})
 	}
 	wg.Wait()
+	res.Retries = int(retries.Load())
 	if err := context.Cause(ctx); err != nil {
 		return err
 	}
 	return nil
+}
+
+// writeRetrying writes s, again up to twice after a failure that is not
+// the API server's answer (a connection reset under load was seen once);
+// the trigger time is that of the attempt that succeeded, so that the
+// harness' retry is not counted against the proxy.
+func writeRetrying(ctx context.Context, cp *controlPlane, s *discoveryv1.EndpointSlice) (t time.Time, retried int, err error) {
+	for {
+		t, err = replaceSlice(ctx, cp.client, s)
+		var status apierrors.APIStatus
+		if err == nil || retried == 2 || ctx.Err() != nil || errors.As(err, &status) {
+			return t, retried, err
+		}
+		retried++
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // readHistogram fills the histogram figures from two scrapes.
@@ -224,7 +249,7 @@ func restoreStream(ctx context.Context, cp *controlPlane, proc *harness.Process,
 		wg.Go(func() {
 			for svc := range jobs {
 				if errs[w] == nil {
-					_, errs[w] = replaceSlice(ctx, cp.client, endpointSlice(svc, svc*opts.endpoints, opts.endpoints))
+					_, _, errs[w] = writeRetrying(ctx, cp, endpointSlice(svc, svc*opts.endpoints, opts.endpoints))
 				}
 			}
 		})
