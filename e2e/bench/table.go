@@ -100,10 +100,29 @@ func rowsFor(rep report) []row {
 				return a / b
 			}
 		}
+		// The same, each state's ClusterIP figure divided first by its
+		// direct connects' (made in turn with them): what the machine's
+		// load did to both cancels out, what the number of services did
+		// to the service path stays.
+		relative := func(q func(latency) float64) func(result) float64 {
+			return func(r result) float64 {
+				if r.DataPlane == nil || r.DataPlaneFew == nil {
+					return -1
+				}
+				a, b := q(r.DataPlane.Service), q(r.DataPlaneFew.Service)
+				da, db := q(r.DataPlane.Direct), q(r.DataPlaneFew.Direct)
+				if a < 0 || b <= 0 || da <= 0 || db <= 0 {
+					return -1
+				}
+				return (a / da) / (b / db)
+			}
+		}
 		name := fmt.Sprintf("TCP connect through the ClusterIP, %d ÷ %d services, ", all.Services, few.Services)
 		out = append(out,
 			row{name: name + "p50", scale: 1, unit: "×", get: flat(p50), noRatio: true},
 			row{name: name + "p99", scale: 1, unit: "×", get: flat(p99), noRatio: true},
+			row{name: name + "p50, each relative to direct", scale: 1, unit: "×", get: relative(p50), noRatio: true},
+			row{name: name + "p99, each relative to direct", scale: 1, unit: "×", get: relative(p99), noRatio: true},
 		)
 	}
 	return out
