@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -63,6 +64,53 @@ func newNS(ctx context.Context, suffix string) (harness.NS, error) {
 		return ns, err
 	}
 	return ns, ns.IP(ctx, "link", "set", "lo", "up")
+}
+
+// lockPath is the lock a run holds from start to end, so that a second
+// run (from another work tree, say) does not tear the first one's
+// namespaces down: they share names and addresses.
+const lockPath = "/run/lock/nftproxy-bench.lock"
+
+// exclusive takes the run's lock and checks that no bench namespace has a
+// process in it (a run of a harness older than the lock); it returns the
+// lock's release. Namespaces left empty by a run that died are deleted by
+// teardown as before.
+func exclusive(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another bench run holds %s; wait for it to end", lockPath)
+		}
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	release := func() { f.Close() }
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		release()
+		return nil, fmt.Errorf("list network namespaces: %w", err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), nsPrefix) {
+			continue
+		}
+		pids, err := runCmd(ctx, "ip", "netns", "pids", e.Name())
+		if err != nil {
+			release()
+			return nil, err
+		}
+		if strings.TrimSpace(pids) != "" {
+			release()
+			return nil, fmt.Errorf("processes run in netns %s (another bench run?); wait for it to end", e.Name())
+		}
+	}
+	return release, nil
 }
 
 // teardown deletes every bench namespace, killing what runs inside.

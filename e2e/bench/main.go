@@ -125,6 +125,11 @@ func run(ctx context.Context, sizeList string, set settings, bin, only string) (
 	if err != nil {
 		return err
 	}
+	release, err := exclusive(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	paths, err := harness.FindPaths()
 	if err != nil {
 		return err
