@@ -113,7 +113,10 @@ func exclusive(ctx context.Context) (func(), error) {
 	return release, nil
 }
 
-// teardown deletes every bench namespace, killing what runs inside.
+// teardown deletes the bench namespaces, killing what runs inside, except
+// those where another process than ours runs its children: a run of a
+// harness without the lock may have started meanwhile (and would have torn
+// ours down first), and its namespaces are its own to delete.
 func teardown(ctx context.Context) error {
 	entries, err := os.ReadDir("/run/netns")
 	if errors.Is(err, os.ErrNotExist) {
@@ -124,11 +127,63 @@ func teardown(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), nsPrefix) {
-			errs = append(errs, harness.NS{Name: e.Name()}.Delete(ctx))
+		if !strings.HasPrefix(e.Name(), nsPrefix) {
+			continue
 		}
+		foreign, err := foreignProcess(ctx, e.Name())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if foreign != 0 {
+			fmt.Fprintf(os.Stderr, "bench: left netns %s alone: pid %d in it is not ours\n", e.Name(), foreign)
+			continue
+		}
+		errs = append(errs, harness.NS{Name: e.Name()}.Delete(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// foreignProcess returns a process in the namespace that descends from
+// another process than this one (0: none), such as another run's etcd; ours
+// are our children and theirs (kube-proxy's nft).
+func foreignProcess(ctx context.Context, ns string) (int, error) {
+	out, err := runCmd(ctx, "ip", "netns", "pids", ns)
+	if err != nil {
+		return 0, err
+	}
+	for f := range strings.FieldsSeq(out) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if !descendsFromUs(pid) {
+			return pid, nil
+		}
+	}
+	return 0, nil
+}
+
+func descendsFromUs(pid int) bool {
+	for range 8 {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return true // gone: nothing to protect
+		}
+		pid = -1
+		for line := range strings.SplitSeq(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				pid, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if pid == os.Getpid() {
+			return true
+		}
+		if pid <= 1 {
+			return false
+		}
+	}
+	return false
 }
 
 // startControlPlane writes fresh credentials into stateDir, creates the
