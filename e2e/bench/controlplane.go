@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -65,7 +66,57 @@ func newNS(ctx context.Context, suffix string) (harness.NS, error) {
 	return ns, ns.IP(ctx, "link", "set", "lo", "up")
 }
 
-// teardown deletes every bench namespace, killing what runs inside.
+// lockPath is the lock a run holds from start to end, so that a second
+// run (from another work tree, say) does not tear the first one's
+// namespaces down: they share names and addresses.
+const lockPath = "/run/lock/nftproxy-bench.lock"
+
+// exclusive takes the run's lock and checks that no bench namespace has a
+// process in it (a run of a harness older than the lock); it returns the
+// lock's release. Namespaces left empty by a run that died are deleted by
+// teardown as before.
+func exclusive(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another bench run holds %s; wait for it to end", lockPath)
+		}
+		return nil, fmt.Errorf("lock %s: %w", lockPath, err)
+	}
+	release := func() { f.Close() }
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		release()
+		return nil, fmt.Errorf("list network namespaces: %w", err)
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), nsPrefix) {
+			continue
+		}
+		pids, err := runCmd(ctx, "ip", "netns", "pids", e.Name())
+		if err != nil {
+			release()
+			return nil, err
+		}
+		if strings.TrimSpace(pids) != "" {
+			release()
+			return nil, fmt.Errorf("processes run in netns %s (another bench run?); wait for it to end", e.Name())
+		}
+	}
+	return release, nil
+}
+
+// teardown deletes the bench namespaces, killing what runs inside, except
+// those where another process than ours runs its children: a run of a
+// harness without the lock may have started meanwhile (and would have torn
+// ours down first), and its namespaces are its own to delete.
 func teardown(ctx context.Context) error {
 	entries, err := os.ReadDir("/run/netns")
 	if errors.Is(err, os.ErrNotExist) {
@@ -76,11 +127,63 @@ func teardown(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), nsPrefix) {
-			errs = append(errs, harness.NS{Name: e.Name()}.Delete(ctx))
+		if !strings.HasPrefix(e.Name(), nsPrefix) {
+			continue
 		}
+		foreign, err := foreignProcess(ctx, e.Name())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if foreign != 0 {
+			fmt.Fprintf(os.Stderr, "bench: left netns %s alone: pid %d in it is not ours\n", e.Name(), foreign)
+			continue
+		}
+		errs = append(errs, harness.NS{Name: e.Name()}.Delete(ctx))
 	}
 	return errors.Join(errs...)
+}
+
+// foreignProcess returns a process in the namespace that descends from
+// another process than this one (0: none), such as another run's etcd; ours
+// are our children and theirs (kube-proxy's nft).
+func foreignProcess(ctx context.Context, ns string) (int, error) {
+	out, err := runCmd(ctx, "ip", "netns", "pids", ns)
+	if err != nil {
+		return 0, err
+	}
+	for f := range strings.FieldsSeq(out) {
+		pid, err := strconv.Atoi(f)
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if !descendsFromUs(pid) {
+			return pid, nil
+		}
+	}
+	return 0, nil
+}
+
+func descendsFromUs(pid int) bool {
+	for range 8 {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return true // gone: nothing to protect
+		}
+		pid = -1
+		for line := range strings.SplitSeq(string(status), "\n") {
+			if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+				pid, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if pid == os.Getpid() {
+			return true
+		}
+		if pid <= 1 {
+			return false
+		}
+	}
+	return false
 }
 
 // startControlPlane writes fresh credentials into stateDir, creates the
@@ -190,12 +293,15 @@ func (cp *controlPlane) attachNode(ctx context.Context, suffix string) (harness.
 	if err != nil {
 		return ns, err
 	}
+	// An interface name has at most 15 bytes.
+	veth := "v" + strings.ReplaceAll(suffix, "-", "")
+	veth = veth[:min(len(veth), 15)]
 	steps := []struct {
 		ns   harness.NS
 		args []string
 	}{
-		{cp.ns, []string{"link", "add", "veth-" + suffix, "type", "veth", "peer", "name", "eth0", "netns", ns.Name}},
-		{cp.ns, []string{"link", "set", "veth-" + suffix, "master", "br0", "up"}},
+		{cp.ns, []string{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns.Name}},
+		{cp.ns, []string{"link", "set", veth, "master", "br0", "up"}},
 		{ns, []string{"addr", "add", nodeIP.String() + "/" + strconv.Itoa(lanBits), "dev", "eth0"}},
 		{ns, []string{"link", "set", "eth0", "up"}},
 		// Output DNAT needs a route for service IPs.

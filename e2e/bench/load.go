@@ -61,15 +61,17 @@ func endpointSlice(i, first, count int) *discoveryv1.EndpointSlice {
 	return s
 }
 
-// load creates the namespace, the Node and services 0..n-1 with m endpoints
-// each, with workers parallel writers.
-func load(ctx context.Context, client kubernetes.Interface, n, m, workers int) error {
+// createBase creates the namespace and the Node.
+func createBase(ctx context.Context, client kubernetes.Interface) error {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: apiNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create namespace: %w", err)
 	}
-	if err := createNode(ctx, client); err != nil {
-		return err
-	}
+	return createNode(ctx, client)
+}
+
+// load creates services from..to-1 with m endpoints each, with workers
+// parallel writers.
+func load(ctx context.Context, client kubernetes.Interface, from, to, m, workers int) error {
 	jobs := make(chan int)
 	errc := make(chan error, workers)
 	var wg sync.WaitGroup
@@ -85,7 +87,7 @@ func load(ctx context.Context, client kubernetes.Interface, n, m, workers int) e
 	}
 	var err error
 feed:
-	for i := range n {
+	for i := from; i < to; i++ {
 		select {
 		case jobs <- i:
 		case err = <-errc:
@@ -167,4 +169,73 @@ func putSlice(ctx context.Context, client kubernetes.Interface, s *discoveryv1.E
 		return time.Time{}, fmt.Errorf("update endpoint slice %s: %w", s.Name, err)
 	}
 	return t, nil
+}
+
+// streamSlice returns the slice of service i with its m endpoints and one
+// more at extra.
+func streamSlice(i, m int, extra netip.Addr) *discoveryv1.EndpointSlice {
+	s := endpointSlice(i, i*m, m)
+	ep := s.Endpoints[0]
+	ep.Addresses = []string{extra.String()}
+	s.Endpoints = append(s.Endpoints, ep)
+	return s
+}
+
+// replaceSlice writes s over the stored slice, whatever its version (an
+// unconditional update: the stream's writers never read), with the trigger
+// time set just before the write, which it returns.
+func replaceSlice(ctx context.Context, client kubernetes.Interface, s *discoveryv1.EndpointSlice) (time.Time, error) {
+	s.ResourceVersion = ""
+	t := time.Now()
+	s.Annotations[triggerAnnotation] = t.UTC().Format(time.RFC3339Nano)
+	if _, err := client.DiscoveryV1().EndpointSlices(apiNamespace).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		return t, fmt.Errorf("update endpoint slice %s: %w", s.Name, err)
+	}
+	return t, nil
+}
+
+// echoService is the Service of the data-plane figure: one endpoint,
+// echoIP:8080 on the proxies' own node.
+const echoService = "bench-echo"
+
+// createEchoService creates echoService and its slice and returns its
+// ClusterIP.
+func createEchoService(ctx context.Context, client kubernetes.Interface) (netip.Addr, error) {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: echoService, Namespace: apiNamespace},
+		Spec: v1.ServiceSpec{
+			Type:     v1.ServiceTypeClusterIP,
+			Selector: map[string]string{"app": echoService},
+			Ports:    []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}},
+		},
+	}
+	created, err := client.CoreV1().Services(apiNamespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("create service %s: %w", echoService, err)
+	}
+	ip, err := netip.ParseAddr(created.Spec.ClusterIP)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("service %s: ClusterIP %q: %w", echoService, created.Spec.ClusterIP, err)
+	}
+	s := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      echoService,
+			Namespace: apiNamespace,
+			Labels: map[string]string{
+				discoveryv1.LabelServiceName: echoService,
+				discoveryv1.LabelManagedBy:   "nftproxy-bench",
+			},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(v1.ProtocolTCP), Port: ptr.To[int32](8080)}},
+		Endpoints: []discoveryv1.Endpoint{{
+			Addresses:  []string{echoIP.String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
+			NodeName:   ptr.To(nodeName),
+		}},
+	}
+	if _, err := client.DiscoveryV1().EndpointSlices(apiNamespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+		return netip.Addr{}, fmt.Errorf("create endpoint slice %s: %w", s.Name, err)
+	}
+	return ip, nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net/netip"
 	"strconv"
 	"time"
 
@@ -31,6 +32,13 @@ type result struct {
 	// dispatch map after the cold sync, read with nft: services + 1.
 	ServiceIPs int    `json:"serviceIPElements"`
 	Log        string `json:"log"`
+	// DataPlaneFew and DataPlane are TCP connect latency through a
+	// ClusterIP with few Services (a run of its own before the rest were
+	// loaded) and with all of them.
+	DataPlaneFew *dataPlane `json:"dataPlaneFewServices,omitempty"`
+	DataPlane    *dataPlane `json:"dataPlane,omitempty"`
+	// Stream is network programming latency under a stream of updates.
+	Stream *streamResult `json:"stream,omitempty"`
 }
 
 // update is one EndpointSlice update.
@@ -63,19 +71,38 @@ type proxy interface {
 
 // benchOptions are the shared settings of one size.
 type benchOptions struct {
-	services, endpoints, updates int
-	logDir                       string
+	// services are the loaded services svc-0…, each with endpoints; extra
+	// counts the other Services (the data plane's), the API server's
+	// kubernetes Service aside.
+	services, endpoints, extra, updates int
+	logDir                              string
+	// stream and streamRate are the update stream's length and rate (0:
+	// none).
+	stream     time.Duration
+	streamRate float64
+	// connects is the number of timed connects of the data-plane figure
+	// (0: none), through echoClusterIP.
+	connects      int
+	echoClusterIP netip.Addr
+	// few runs the proxy for the data-plane figure only, under the name
+	// <proxy>-few (its namespace and log).
+	few bool
 }
 
 // runProxy runs one proxy in a fresh namespace against the loaded objects:
-// cold start, then opts.updates updates, each restored afterwards.
+// cold start, the data plane, then opts.updates updates, each restored
+// afterwards, then the update stream.
 func runProxy(ctx context.Context, cp *controlPlane, px proxy, bin string, opts benchOptions) (res result, err error) {
 	res.Proxy = px.name()
-	ns, err := cp.attachNode(ctx, px.name())
+	name := px.name()
+	if opts.few {
+		name += "-few"
+	}
+	ns, err := cp.attachNode(ctx, name)
 	if err != nil {
 		return res, err
 	}
-	proc := &harness.Process{Name: px.name(), NS: ns, LogDir: opts.logDir, Args: px.args(bin, cp.kubeconfig)}
+	proc := &harness.Process{Name: name, NS: ns, LogDir: opts.logDir, Args: px.args(bin, cp.kubeconfig)}
 	res.Log = proc.LogPath()
 	defer func() {
 		err = errors.Join(err, proc.Stop(context.WithoutCancel(ctx), 10*time.Second), ns.Delete(context.WithoutCancel(ctx)))
@@ -96,8 +123,19 @@ func runProxy(ctx context.Context, cp *controlPlane, px proxy, bin string, opts 
 	if res.ServiceIPs, err = countElements(ctx, ns, family, table, set); err != nil {
 		return res, err
 	}
-	if res.ServiceIPs != opts.services+1 {
-		return res, fmt.Errorf("%s: %d elements in %s, want %d", px.name(), res.ServiceIPs, set, opts.services+1)
+	if want := opts.services + opts.extra + 1; res.ServiceIPs != want {
+		return res, fmt.Errorf("%s: %d elements in %s, want %d", px.name(), res.ServiceIPs, set, want)
+	}
+	if opts.connects > 0 {
+		dp, err := dataPlaneOf(ctx, ns, name, opts)
+		if err != nil {
+			return res, err
+		}
+		dp.Services = res.ServiceIPs
+		res.DataPlane = &dp
+	}
+	if opts.few {
+		return res, nil
 	}
 	for k := range opts.updates {
 		time.Sleep(quiet)
@@ -107,8 +145,28 @@ func runProxy(ctx context.Context, cp *controlPlane, px proxy, bin string, opts 
 		}
 		res.Updates = append(res.Updates, u)
 	}
+	if opts.stream > 0 {
+		time.Sleep(quiet)
+		st, err := streamUpdates(ctx, cp, proc, ns, opts)
+		if err != nil {
+			return res, err
+		}
+		res.Stream = &st
+	}
 	res.AtEnd, err = readUsage(proc.Pid())
 	return res, err
+}
+
+// dataPlaneOf attaches the client and echo pods to the node ns, waits for
+// the proxy to be idle and measures.
+func dataPlaneOf(ctx context.Context, ns harness.NS, name string, opts benchOptions) (_ dataPlane, err error) {
+	pods, err := attachPods(ctx, ns, name)
+	defer func() { err = errors.Join(err, pods.close(context.WithoutCancel(ctx))) }()
+	if err != nil {
+		return dataPlane{}, err
+	}
+	time.Sleep(quiet)
+	return measureDataPlane(ctx, pods, opts.echoClusterIP, opts.connects)
 }
 
 // quiet is the pause before each write: past both proxies'
@@ -159,13 +217,16 @@ func poll(ctx context.Context, p *harness.Process, interval, timeout time.Durati
 // nftproxy reads its "Synced rules" log lines (-v=2): its metrics'
 // last-sync timestamp has whole seconds only. Its network programming
 // latency comes from its metrics (127.0.0.1:10249, the default) when served.
-type nftproxy struct{ services int }
+type nftproxy struct {
+	services  int
+	extraArgs []string
+}
 
 func (nftproxy) name() string { return "nftproxy" }
 
-func (nftproxy) args(bin, kubeconfig string) []string {
-	return []string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
-		"--cluster-cidr", clusterNet, "--healthz-bind-address", "", "-v=2"}
+func (n nftproxy) args(bin, kubeconfig string) []string {
+	return append([]string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
+		"--cluster-cidr", clusterNet, "--healthz-bind-address", "", "-v=2"}, n.extraArgs...)
 }
 
 func (nftproxy) dispatchMap() (string, string, string) { return "inet", "nftproxy", "service-ips-v4" }
