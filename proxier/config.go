@@ -68,9 +68,13 @@ type Config struct {
 	MinSyncPeriod, SyncPeriod time.Duration
 }
 
-// DefaultConfig returns kube-proxy's defaults.
+// DefaultConfig returns kube-proxy's defaults, except MinSyncPeriod:
+// kube-proxy waits 1 s between syncs because each of its syncs costs up to
+// a second of CPU at scale; a partial sync of nftproxy costs a millisecond
+// or two, so it waits 100 ms, and a change under a steady stream of updates
+// is applied within about 100 ms instead of 1 s.
 func DefaultConfig() Config {
-	return Config{MasqueradeBit: 14, MinSyncPeriod: time.Second, SyncPeriod: 30 * time.Second}
+	return Config{MasqueradeBit: 14, MinSyncPeriod: 100 * time.Millisecond, SyncPeriod: 30 * time.Second}
 }
 
 // Local traffic detection modes, kube-proxy's names.

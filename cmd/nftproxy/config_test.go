@@ -268,7 +268,7 @@ func TestWriteConfigRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(want, changedFlags(fs)); diff != "" {
 		t.Errorf("flags from the written file (-want +got):\n%s", diff)
 	}
-	for _, line := range []string{"kind: KubeProxyConfiguration", "mode: nftables", "  masqueradeBit: 9", "  minSyncPeriod: 1s", "  syncPeriod: 30s",
+	for _, line := range []string{"kind: KubeProxyConfiguration", "mode: nftables", "  masqueradeBit: 9", "  minSyncPeriod: 100ms", "  syncPeriod: 30s",
 		"healthzBindAddress: 0.0.0.0:10256", "metricsBindAddress: 127.0.0.1:10249", "bindAddress: 0.0.0.0"} {
 		if !strings.Contains(string(a), "\n"+line+"\n") {
 			t.Errorf("written file lacks %q:\n%s", line, a)
