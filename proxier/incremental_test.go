@@ -261,3 +261,85 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 		t.Error("lb-v4-4 still in the table")
 	}
 }
+
+// TestPrebuiltFirstSync: objects built while the informers still list
+// (prebuild, applied to nothing), changed again before the first sync,
+// give a first sync that replaces the table with exactly a fresh build,
+// and partial syncs after it stay exact.
+func TestPrebuiltFirstSync(t *testing.T) {
+	for seed := range uint64(20) {
+		r := rand.New(rand.NewPCG(seed, 3))
+		kernel := &nft.Fake{}
+		cfg := testConfig()
+		p, err := New(cfg, kernel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		node := makeNode("node-a", "192.168.50.10")
+		logger := logr.Discard()
+		for range 3 {
+			moveTo(p, randomState(r.Uint64()), r)
+			if seed%4 == 0 {
+				// The Node arrives during the list.
+				p.SetNode(node)
+			}
+			p.prebuild(logger)
+		}
+		if kernel.LastPlan() != nil {
+			t.Fatal("prebuild applied something")
+		}
+		p.SetNode(node)
+		moveTo(p, randomState(r.Uint64()), r)
+		for step := range 4 {
+			if err := p.Sync(t.Context()); err != nil {
+				t.Fatalf("seed %d step %d: %v", seed, step, err)
+			}
+			if step == 0 && !kernel.LastPlan().Replace {
+				t.Fatalf("seed %d: the first sync after a prebuild did not replace the table", seed)
+			}
+			want := Build(logger, cfg, recorded(p, node))
+			for _, c := range p.state.leftovers() {
+				want.AddChain(c)
+			}
+			if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
+				t.Fatalf("seed %d step %d: kernel differs from a fresh build:\n%s", seed, step, lineDiff(want, got))
+			}
+			if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+				t.Fatalf("seed %d step %d: object counts %+v, the kernel holds %+v", seed, step, got, want)
+			}
+			moveTo(p, randomState(r.Uint64()), r)
+		}
+	}
+}
+
+// TestPrebuiltFirstSyncAfterEndpointCountChange: a shared chain that fell
+// idle while prebuilding is not in the kernel after the first sync, and
+// the proxier does not count it.
+func TestPrebuiltFirstSyncAfterEndpointCountChange(t *testing.T) {
+	kernel := &nft.Fake{}
+	cfg := testConfig()
+	p, err := New(cfg, kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := makeNode("node-a", "192.168.50.10")
+	p.SetNode(node)
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")))
+	p.prebuild(logr.Discard())
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6"), ep("10.244.1.7")))
+	p.prebuild(logr.Discard())
+	if err := p.Sync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if kernel.Table.Chain("lb-v4-2") != nil || kernel.Table.Chain("lb-v4-3") == nil {
+		t.Errorf("chains %v, want lb-v4-3 and no lb-v4-2", chainNames(kernel.Table))
+	}
+	if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+		t.Errorf("object counts %+v, the kernel holds %+v", got, want)
+	}
+	// The periodic check finds the table as committed.
+	if ok, err := kernel.Check(t.Context(), p.state.assemble(false, true).Table); err != nil || !ok {
+		t.Errorf("check after the first sync: %v, %v", ok, err)
+	}
+}

@@ -24,6 +24,10 @@ import (
 	"k8s.io/klog/v2"
 )
 
+// prebuildInterval is how often objects received during the informers'
+// initial list are built.
+const prebuildInterval = 100 * time.Millisecond
+
 // Watch feeds the Proxier from shared informers on Services, EndpointSlices
 // and this node, then runs the sync loop once they have synced. It blocks
 // until ctx ends, and returns nil then. An API server that cannot be
@@ -138,7 +142,26 @@ func (p *Proxier) Watch(ctx context.Context, client kubernetes.Interface) error 
 	// Until the API server answers, the informers' reflectors retry their
 	// lists with backoff (0.8 s doubling to 30 s) and log each failure.
 	logger.Info("Waiting for caches to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+	// While the informers list, the objects already received are built
+	// (not applied), so that the first sync has little left to build.
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(prebuildInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				p.prebuild(logger)
+			}
+		}
+	}()
+	ok := cache.WaitForCacheSync(ctx.Done(), synced...)
+	close(stop)
+	<-stopped
+	if !ok {
 		// Only ctx ending stops the wait: a requested stop.
 		return nil
 	}

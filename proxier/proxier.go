@@ -74,9 +74,11 @@ type Proxier struct {
 	triggers []time.Time
 	families []string
 
-	// Owned by the sync worker.
-	state    *tableState // what the kernel holds, as last committed; nil = unknown
-	lastSync time.Time
+	// Owned by the sync worker (and, before it starts, by prebuild).
+	state *tableState // what the kernel holds, as last committed; nil = unknown
+	// unapplied is set while state was prebuilt and is not in the kernel.
+	unapplied bool
+	lastSync  time.Time
 	// reported are the problems already sent as Events, by service.
 	reported map[types.NamespacedName][]Problem
 }
@@ -420,7 +422,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.metrics.repaired()
 	}
 	p.replacePending = false
-	check := p.checkPending && p.state != nil
+	check := p.checkPending && p.state != nil && !p.unapplied
 	full := p.state == nil || p.rebuild
 	p.checkPending, p.rebuild = false, false
 	svcChanges, sliceChanges := p.serviceChanges, p.sliceChanges
@@ -449,7 +451,16 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		}
 	}
 	var res syncResult
-	if !full {
+	if !full && p.unapplied {
+		var ok bool
+		res, ok = p.syncPrebuilt(logger, in)
+		if !ok {
+			full = true
+			p.mu.Lock()
+			in = p.allObjects()
+			p.mu.Unlock()
+		}
+	} else if !full {
 		var ok bool
 		// The periodic resync also drops idle shared chains.
 		res, ok = p.syncPartial(logger, in, check)
@@ -464,6 +475,7 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if full {
 		res = p.syncFull(logger, in)
 	}
+	p.unapplied = false
 	if err := p.kernel.Apply(ctx, res.plan); err != nil {
 		p.state = nil
 		p.requeued(queued)
@@ -581,7 +593,8 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 	res := syncResult{state: ts, problems: map[types.NamespacedName][]Problem{}, rebuilt: len(ts.frags)}
 	var have *nft.Table
 	var prevUDP map[UDPDestination][]netip.AddrPort
-	if p.state != nil {
+	// A prebuilt state is not in the kernel: replace whatever is there.
+	if p.state != nil && !p.unapplied {
 		have = p.state.assemble(true, true).Table
 		prevUDP = p.state.udpEndpoints()
 	}
@@ -605,6 +618,57 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 	}
 	res.staleUDP = staleUDPFilters(prevUDP, ts.udpEndpoints())
 	return res
+}
+
+// prebuild builds the fragments of the objects recorded so far without
+// applying them, while the informers still list: the first sync then only
+// brings the prebuilt table up to date and replaces the kernel's table
+// with it, and the cold start's build overlaps the list. Call it only
+// before Run.
+func (p *Proxier) prebuild(logger klog.Logger) {
+	p.mu.Lock()
+	full := p.state == nil || p.rebuild
+	p.rebuild = false
+	var in syncInput
+	if full {
+		in = p.allObjects()
+	} else {
+		in = p.dirtyObjects()
+	}
+	clear(p.dirty)
+	p.mu.Unlock()
+	if full {
+		ts := newTableState(newBuilder(logger, in.cfg, in.state.Node, in.state.ServiceCIDRs))
+		ts.addAll(in.state.Services, groupSlices(logger, in.state.EndpointSlices))
+		p.state = ts
+	} else if _, _, ok := p.state.update(in.services, p.slicesFor, false); !ok {
+		p.state = nil
+		return
+	}
+	p.unapplied = true
+}
+
+// syncPrebuilt applies the changes recorded since the last prebuild to the
+// prebuilt table and replaces the kernel's table with it; ok is false when
+// the change needs a full rebuild.
+func (p *Proxier) syncPrebuilt(logger klog.Logger, in syncInput) (syncResult, bool) {
+	ts := p.state
+	ts.b.logger = logger
+	if _, _, ok := ts.update(in.services, p.slicesFor, false); !ok {
+		p.state = nil
+		return syncResult{}, false
+	}
+	// Nothing of it is in the kernel yet: no chain is idle or stale.
+	ts.stale = nil
+	for fi := range ts.idle {
+		clear(ts.idle[fi])
+	}
+	res := syncResult{plan: nft.FullPlan(ts.assemble(true, false).Table), state: ts,
+		problems: map[types.NamespacedName][]Problem{}, rebuilt: len(ts.frags)}
+	for k, f := range ts.frags {
+		res.problems[k] = f.problems
+	}
+	return res, true
 }
 
 // syncPartial rebuilds the services that changed; ok is false when the
