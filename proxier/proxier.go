@@ -640,6 +640,7 @@ func (p *Proxier) prebuild(logger klog.Logger) {
 	if full {
 		ts := newTableState(newBuilder(logger, in.cfg, in.state.Node, in.state.ServiceCIDRs))
 		ts.addAll(in.state.Services, groupSlices(logger, in.state.EndpointSlices))
+		ts.prebuilding = true
 		p.state = ts
 	} else if _, _, ok := p.state.update(in.services, p.slicesFor, false); !ok {
 		p.state = nil
@@ -654,17 +655,19 @@ func (p *Proxier) prebuild(logger klog.Logger) {
 func (p *Proxier) syncPrebuilt(logger klog.Logger, in syncInput) (syncResult, bool) {
 	ts := p.state
 	ts.b.logger = logger
-	if _, _, ok := ts.update(in.services, p.slicesFor, false); !ok {
+	_, ch, ok := ts.update(in.services, p.slicesFor, false)
+	if !ok {
 		p.state = nil
 		return syncResult{}, false
 	}
+	ts.prebuilding = false
 	// Nothing of it is in the kernel yet: no chain is idle or stale.
 	ts.stale = nil
 	for fi := range ts.idle {
 		clear(ts.idle[fi])
 	}
 	res := syncResult{plan: nft.FullPlan(ts.assemble(true, false).Table), state: ts,
-		problems: map[types.NamespacedName][]Problem{}, rebuilt: len(ts.frags)}
+		problems: map[types.NamespacedName][]Problem{}, rebuilt: ch.services}
 	for k, f := range ts.frags {
 		res.problems[k] = f.problems
 	}

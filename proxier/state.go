@@ -114,6 +114,9 @@ type tableState struct {
 	idle [2]map[chainNeed]bool
 	// defs are the set definitions of each family.
 	defs [2][numSets]*nft.Set
+	// prebuilding is set while the state is built but not applied: updates
+	// make no transaction (nor mark chains idle or stale).
+	prebuilding bool
 	// elements counts the fragments' elements of the sets no two services
 	// share; own the services' own chains, their rules and sets.
 	elements                                  int
@@ -558,6 +561,10 @@ func (ts *tableState) update(services map[types.NamespacedName]*v1.Service, slic
 	}
 	if !slices.Equal(builtBefore, ts.built()) {
 		return nil, change{}, false
+	}
+	if ts.prebuilding {
+		// Nothing is applied: the transaction is not needed.
+		return &nft.Patch{}, change{services: len(orig)}, true
 	}
 	return ts.patch(orig, dropIdle)
 }
