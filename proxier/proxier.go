@@ -74,6 +74,9 @@ type Proxier struct {
 	triggers []time.Time
 	families []string
 
+	// firstSynced is closed once a sync has succeeded.
+	firstSynced chan struct{}
+
 	// Owned by the sync worker (and, before it starts, by prebuild).
 	state *tableState // what the kernel holds, as last committed; nil = unknown
 	// unapplied is set while state was prebuilt and is not in the kernel.
@@ -112,6 +115,7 @@ func New(cfg Config, kernel nft.Interface, opts ...Option) (*Proxier, error) {
 		slicesOf:       map[types.NamespacedName][]*discoveryv1.EndpointSlice{},
 		serviceCIDRs:   map[string]*networkingv1.ServiceCIDR{},
 		dirty:          map[types.NamespacedName]bool{},
+		firstSynced:    make(chan struct{}),
 		reported:       map[types.NamespacedName][]Problem{},
 		// A failed apply is retried with exponential backoff, from half a
 		// second up to the sync period.
@@ -488,6 +492,9 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	p.state = res.state
 	now := time.Now()
 	p.mu.Lock()
+	if p.lastSynced.IsZero() {
+		close(p.firstSynced)
+	}
 	p.lastSynced = now
 	p.families = p.state.familyLabels()
 	p.mu.Unlock()
@@ -520,6 +527,10 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	}
 	return nil
 }
+
+// FirstSynced is closed once a sync has succeeded: the rules are in the
+// kernel.
+func (p *Proxier) FirstSynced() <-chan struct{} { return p.firstSynced }
 
 // syncInput is what a sync reads of the recorded objects.
 type syncInput struct {

@@ -133,11 +133,21 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		}
 		// Someone flushing or deleting the table (firewalld reloading, an
 		// operator's `nft flush ruleset`) is repaired at once, not at the
-		// next periodic resync.
+		// next periodic resync. The watch starts after the first sync: the
+		// kernel notifies listeners of every element a transaction adds,
+		// and the first one adds them all (120,000 at 10k services); there
+		// is nothing to repair before it.
 		logger := klog.FromContext(ctx)
-		if err := kernel.WatchForeignChanges(ctx, proxier.TableName, func(c nft.Change) { p.ForeignChange(logger, c) }); err != nil {
-			return err
-		}
+		go func() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.FirstSynced():
+			}
+			if err := kernel.WatchForeignChanges(ctx, proxier.TableName, func(c nft.Change) { p.ForeignChange(logger, c) }); err != nil {
+				logger.Error(err, "Cannot watch nftables for changes by other processes; only the periodic resync repairs them")
+			}
+		}()
 		return p.Watch(ctx, client)
 	}
 }
