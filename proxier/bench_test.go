@@ -137,24 +137,32 @@ func BenchmarkSyncOneEndpointChanged(b *testing.B) {
 			if err := p.Sync(ctx); err != nil {
 				b.Fatal(err)
 			}
-			orig := st.EndpointSlices[n/2]
-			grown := orig.DeepCopy()
-			grown.Endpoints = append(grown.Endpoints, ep("10.250.0.1"))
+			update := endpointToggle(b, ctx, p, st.EndpointSlices[n/2])
 			b.ReportAllocs()
-			i := 0
 			for b.Loop() {
-				if i++; i%2 == 0 {
-					p.SetEndpointSlice(orig)
-				} else {
-					p.SetEndpointSlice(grown)
-				}
-				if err := p.Sync(ctx); err != nil {
-					b.Fatal(err)
-				}
+				update()
 				if kernel.last.Replace {
 					b.Fatal("full replace")
 				}
 			}
 		})
+	}
+}
+
+// endpointToggle returns a one-endpoint update of slice, recorded in p: it
+// adds an endpoint, or removes it again, in turn, then syncs.
+func endpointToggle(b *testing.B, ctx context.Context, p *Proxier, slice *discoveryv1.EndpointSlice) func() {
+	grown := slice.DeepCopy()
+	grown.Endpoints = append(grown.Endpoints, ep("10.250.0.1"))
+	i := 0
+	return func() {
+		if i++; i%2 == 0 {
+			p.SetEndpointSlice(slice)
+		} else {
+			p.SetEndpointSlice(grown)
+		}
+		if err := p.Sync(ctx); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -84,9 +84,14 @@ func Build(logger klog.Logger, cfg Config, st State) *nft.Table {
 // The table is assembled from one fragment per service (see tableState),
 // the same way the proxier keeps it between syncs.
 func BuildRules(logger klog.Logger, cfg Config, st State) *Rules {
+	return buildState(logger, cfg, st).assemble(true, false)
+}
+
+// buildState builds every service's fragment from the objects.
+func buildState(logger klog.Logger, cfg Config, st State) *tableState {
 	ts := newTableState(newBuilder(logger, cfg, st.Node, st.ServiceCIDRs))
 	ts.addAll(st.Services, groupSlices(logger, st.EndpointSlices))
-	return ts.assemble(true, false)
+	return ts
 }
 
 // builder builds the fragments of services against what they all share:

@@ -124,19 +124,9 @@ func BenchmarkKernelOneEndpointUpdate(b *testing.B) {
 	if err := p.Sync(ctx); err != nil {
 		b.Fatal(err)
 	}
-	orig := st.EndpointSlices[5000]
-	grown := orig.DeepCopy()
-	grown.Endpoints = append(grown.Endpoints, ep("10.250.0.1"))
-	i := 0
+	update := endpointToggle(b, ctx, p, st.EndpointSlices[5000])
 	for b.Loop() {
-		if i++; i%2 == 0 {
-			p.SetEndpointSlice(orig)
-		} else {
-			p.SetEndpointSlice(grown)
-		}
-		if err := p.Sync(ctx); err != nil {
-			b.Fatal(err)
-		}
+		update()
 	}
 }
 

@@ -78,10 +78,10 @@ type Proxier struct {
 	firstSynced chan struct{}
 
 	// Owned by the sync worker (and, before it starts, by prebuild).
-	state *tableState // what the kernel holds, as last committed; nil = unknown
-	// unapplied is set while state was prebuilt and is not in the kernel.
-	unapplied bool
-	lastSync  time.Time
+	// state is what the kernel holds, as last committed (nil: unknown), or
+	// a prebuilt table the kernel does not hold yet (state.prebuilding).
+	state    *tableState
+	lastSync time.Time
 	// reported are the problems already sent as Events, by service.
 	reported map[types.NamespacedName][]Problem
 }
@@ -426,19 +426,20 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		p.metrics.repaired()
 	}
 	p.replacePending = false
-	check := p.checkPending && p.state != nil && !p.unapplied
-	full := p.state == nil || p.rebuild
-	p.checkPending, p.rebuild = false, false
+	prebuilt := p.state != nil && p.state.prebuilding
+	check := p.checkPending && p.state != nil && !prebuilt
+	p.checkPending = false
 	svcChanges, sliceChanges := p.serviceChanges, p.sliceChanges
 	p.serviceChanges, p.sliceChanges = 0, 0
-	var in syncInput
-	if full {
-		in = p.allObjects()
-	} else {
-		in = p.dirtyObjects()
-	}
-	clear(p.dirty)
+	in, full := p.takeChanges()
 	p.mu.Unlock()
+	// rebuildAll falls back to a full rebuild, with every object.
+	rebuildAll := func() {
+		full = true
+		p.mu.Lock()
+		in = p.allObjects()
+		p.mu.Unlock()
+	}
 
 	if check {
 		ok, err := p.kernel.Check(ctx, p.state.assemble(false, true).Table)
@@ -447,22 +448,15 @@ func (p *Proxier) Sync(ctx context.Context) error {
 			p.state = nil
 			p.metrics.repaired()
 			if !full {
-				full = true
-				p.mu.Lock()
-				in = p.allObjects()
-				p.mu.Unlock()
+				rebuildAll()
 			}
 		}
 	}
 	var res syncResult
-	if !full && p.unapplied {
+	if !full && prebuilt {
 		var ok bool
-		res, ok = p.syncPrebuilt(logger, in)
-		if !ok {
-			full = true
-			p.mu.Lock()
-			in = p.allObjects()
-			p.mu.Unlock()
+		if res, ok = p.syncPrebuilt(logger, in); !ok {
+			rebuildAll()
 		}
 	} else if !full {
 		var ok bool
@@ -470,16 +464,12 @@ func (p *Proxier) Sync(ctx context.Context) error {
 		res, ok = p.syncPartial(logger, in, check)
 		if !ok {
 			logger.V(2).Info("Change reaches beyond the services; rebuilding the whole table")
-			full = true
-			p.mu.Lock()
-			in = p.allObjects()
-			p.mu.Unlock()
+			rebuildAll()
 		}
 	}
 	if full {
 		res = p.syncFull(logger, in)
 	}
-	p.unapplied = false
 	if err := p.kernel.Apply(ctx, res.plan); err != nil {
 		p.state = nil
 		p.requeued(queued)
@@ -574,6 +564,21 @@ func (p *Proxier) allObjects() syncInput {
 	return in
 }
 
+// takeChanges returns what the next build reads and whether it rebuilds
+// every service (first build, a failure, a change every service depends
+// on), and starts recording changes anew; p.mu is held.
+func (p *Proxier) takeChanges() (in syncInput, full bool) {
+	full = p.state == nil || p.rebuild
+	p.rebuild = false
+	if full {
+		in = p.allObjects()
+	} else {
+		in = p.dirtyObjects()
+	}
+	clear(p.dirty)
+	return in, full
+}
+
 // dirtyObjects returns the services that changed; p.mu is held. Their
 // slices are read by slicesFor as the build needs them: a service rebuilt
 // because another took or freed an address it wants needs its slices too.
@@ -598,14 +603,13 @@ func (p *Proxier) slicesFor(k types.NamespacedName) []*discoveryv1.EndpointSlice
 // syncFull rebuilds the whole table and diffs it against the last
 // committed one, or replaces the kernel's table when that is unknown.
 func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
-	ts := newTableState(newBuilder(logger, in.cfg, in.state.Node, in.state.ServiceCIDRs))
-	ts.addAll(in.state.Services, groupSlices(logger, in.state.EndpointSlices))
+	ts := buildState(logger, in.cfg, in.state)
 	want := ts.assemble(true, false).Table
-	res := syncResult{state: ts, problems: map[types.NamespacedName][]Problem{}, rebuilt: len(ts.frags)}
+	res := syncResult{state: ts, problems: p.allProblems(ts), rebuilt: len(ts.frags)}
 	var have *nft.Table
 	var prevUDP map[UDPDestination][]netip.AddrPort
 	// A prebuilt state is not in the kernel: replace whatever is there.
-	if p.state != nil && !p.unapplied {
+	if p.state != nil && !p.state.prebuilding {
 		have = p.state.assemble(true, true).Table
 		prevUDP = p.state.udpEndpoints()
 	}
@@ -619,14 +623,6 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 			}
 		}
 	}
-	for k, f := range ts.frags {
-		res.problems[k] = f.problems
-	}
-	for k := range p.reported {
-		if _, ok := res.problems[k]; !ok {
-			res.problems[k] = nil
-		}
-	}
 	res.staleUDP = staleUDPFilters(prevUDP, ts.udpEndpoints())
 	return res
 }
@@ -638,26 +634,14 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 // before Run.
 func (p *Proxier) prebuild(logger klog.Logger) {
 	p.mu.Lock()
-	full := p.state == nil || p.rebuild
-	p.rebuild = false
-	var in syncInput
-	if full {
-		in = p.allObjects()
-	} else {
-		in = p.dirtyObjects()
-	}
-	clear(p.dirty)
+	in, full := p.takeChanges()
 	p.mu.Unlock()
 	if full {
-		ts := newTableState(newBuilder(logger, in.cfg, in.state.Node, in.state.ServiceCIDRs))
-		ts.addAll(in.state.Services, groupSlices(logger, in.state.EndpointSlices))
-		ts.prebuilding = true
-		p.state = ts
+		p.state = buildState(logger, in.cfg, in.state)
+		p.state.prebuilding = true
 	} else if _, _, ok := p.state.update(in.services, p.slicesFor, false); !ok {
 		p.state = nil
-		return
 	}
-	p.unapplied = true
 }
 
 // syncPrebuilt applies the changes recorded since the last prebuild to the
@@ -677,12 +661,23 @@ func (p *Proxier) syncPrebuilt(logger klog.Logger, in syncInput) (syncResult, bo
 	for fi := range ts.idle {
 		clear(ts.idle[fi])
 	}
-	res := syncResult{plan: nft.FullPlan(ts.assemble(true, false).Table), state: ts,
-		problems: map[types.NamespacedName][]Problem{}, rebuilt: ch.services}
+	return syncResult{plan: nft.FullPlan(ts.assemble(true, false).Table), state: ts,
+		problems: p.allProblems(ts), rebuilt: ch.services}, true
+}
+
+// allProblems returns the problems of every service of a whole new table,
+// and none for the services reported before that it no longer has.
+func (p *Proxier) allProblems(ts *tableState) map[types.NamespacedName][]Problem {
+	out := make(map[types.NamespacedName][]Problem, len(ts.frags))
 	for k, f := range ts.frags {
-		res.problems[k] = f.problems
+		out[k] = f.problems
 	}
-	return res, true
+	for k := range p.reported {
+		if _, ok := out[k]; !ok {
+			out[k] = nil
+		}
+	}
+	return out
 }
 
 // syncPartial rebuilds the services that changed; ok is false when the
