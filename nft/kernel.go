@@ -75,7 +75,7 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 		if err := k.checkNotOwnedByOther(st, p.family, p.table); err != nil {
 			return fmt.Errorf("apply table %s: %w", p.table, err)
 		}
-		head := []op{p.ops[0]}
+		head, rest := []op{p.ops[0]}, p.ops[1:]
 		if st.exists && !k.keepable(st) {
 			// The table's ownership flags cannot become ours (owner.go):
 			// replace the table itself, in the same transaction. This
@@ -84,14 +84,17 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 			// chain lost none.
 			head = []op{{kind: opDeleteTable}, p.ops[0]}
 		} else {
-			clear, err := k.clearOps(p.committed)
+			clear, kept, err := k.clearOps(p.committed)
 			if err != nil {
 				return fmt.Errorf("apply table %s: %w", p.table, err)
 			}
 			head = append(head, clear...)
+			if len(kept) > 0 {
+				rest = slices.DeleteFunc(slices.Clone(rest), func(o op) bool { return o.kind == opAddSet && kept[o.set.Name] })
+			}
 		}
 		p = &Plan{family: p.family, table: p.table, Replace: true, committed: p.committed,
-			ops: append(head, p.ops[1:]...)}
+			ops: append(head, rest...)}
 	}
 	msgs, err := encodePlan(p)
 	if err != nil {
@@ -110,24 +113,31 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 // table has unchanged. Those stay registered on their hooks: deleting and
 // re-adding the nat base chains unhooks NAT for an instant, and a
 // connection that starts then is confirmed by conntrack without NAT and
-// fails (seen in restart tests). Only names and hooks are read, never
-// elements.
-func (k *Kernel) clearOps(want *Table) ([]op, error) {
+// fails (seen in restart tests).
+//
+// Dynamic sets that the new table has with the same definition are kept
+// too, elements and remaining timeouts and all (kept names them; the
+// replace must not add them again): packets fill them (session affinity's
+// client addresses), so no build can restore them, and a restart must not
+// forget them. A dynamic set the new table lacks or defines otherwise is
+// deleted with its elements. Only names, hooks and set definitions are
+// read, never elements.
+func (k *Kernel) clearOps(want *Table) (ops []op, kept map[string]bool, err error) {
 	exists, err := k.Exists(want.Family, want.Name)
 	if err != nil || !exists {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := k.conn()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("list chains: %w", err)
+		return nil, nil, fmt.Errorf("list chains: %w", err)
 	}
 	sets, err := c.GetSets(&nftables.Table{Family: nftables.TableFamilyINet, Name: want.Name})
 	if err != nil {
-		return nil, fmt.Errorf("list sets: %w", err)
+		return nil, nil, fmt.Errorf("list sets: %w", err)
 	}
 	var flush, delSets, delChains []op
 	for _, ch := range chains {
@@ -140,7 +150,12 @@ func (k *Kernel) clearOps(want *Table) ([]op, error) {
 		}
 		delChains = append(delChains, op{kind: opDeleteChain, chain: &Chain{Name: ch.Name}})
 	}
+	kept = map[string]bool{}
 	for _, s := range sets {
+		if keepDynamicSet(s, want.Set(s.Name)) {
+			kept[s.Name] = true
+			continue
+		}
 		delSets = append(delSets, op{kind: opDeleteSet, set: &Set{Name: s.Name}})
 	}
 	// Counters the new table has are kept, values and all (re-adding one
@@ -148,11 +163,29 @@ func (k *Kernel) clearOps(want *Table) ([]op, error) {
 	// not reset them.
 	delCounters, err := staleCounterOps(c, want)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Rules go first (they refer to sets and chains), then sets (their
 	// elements refer to chains and counters), then counters and chains.
-	return slices.Concat(flush, delSets, delCounters, delChains), nil
+	return slices.Concat(flush, delSets, delCounters, delChains), kept, nil
+}
+
+// keepDynamicSet reports whether a replace keeps the kernel's set have as
+// it is: both are dynamic sets with a timeout, of the same key type and
+// timeout, so that the rules of the new table fill have as they would a new
+// set.
+func keepDynamicSet(have *nftables.Set, want *Set) bool {
+	if want == nil || !want.Dynamic || want.Timeout <= 0 || want.IsMap() || want.Interval {
+		return false
+	}
+	if !have.Dynamic || !have.HasTimeout || have.Timeout != want.Timeout || have.IsMap || have.Interval {
+		return false
+	}
+	key, err := kernelType(want.Key)
+	if err != nil {
+		return false
+	}
+	return have.KeyType.GetNFTMagic() == key.GetNFTMagic() && have.KeyType.Bytes == key.Bytes
 }
 
 func sameKernelBase(c *nftables.Chain, b *BaseChain) bool {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -270,4 +272,78 @@ func TestWatchForeignChanges(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a foreign flush of our chain was not reported")
 	}
+}
+
+// TestReplaceKeepsDynamicSets checks that a replace keeps what packets put
+// in dynamic sets whose definition is unchanged (session affinity), and
+// drops the sets the new table defines otherwise or no longer has.
+func TestReplaceKeepsDynamicSets(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx := context.Background()
+	ns := testnet.NewNS(t, "dyn")
+	k := NewKernel(WithNetNS(ns.Fd()))
+	table := func(sets map[string]time.Duration) *Table {
+		tb := NewTable(FamilyINet, "nftproxy-dyn")
+		c := tb.AddChain(&Chain{Name: "sticky"})
+		for _, name := range slices.Sorted(maps.Keys(sets)) {
+			tb.AddSet(&Set{Name: name, Key: []Field{IPv4Saddr}, Dynamic: true, Timeout: sets[name]})
+			c.AddRule(UpdateSet{Set: name, Fields: []Field{IPv4Saddr}})
+		}
+		return tb
+	}
+	first := table(map[string]time.Duration{"same": 600 * time.Second, "shorter": 600 * time.Second, "gone": 600 * time.Second})
+	if err := k.Apply(ctx, FullPlan(first)); err != nil {
+		t.Fatal(err)
+	}
+	for _, set := range []string{"same", "shorter", "gone"} {
+		ns.Run(t, "nft", "add", "element", "inet", "nftproxy-dyn", set, "{ 192.0.2.1, 192.0.2.2 }")
+	}
+	listSet := func(name string) string { return ns.Run(t, "nft", "list", "set", "inet", "nftproxy-dyn", name) }
+	before := listSet("same")
+	time.Sleep(1100 * time.Millisecond) // so that a recreated element would show a later expiry
+
+	// A restart: a new Kernel that knows nothing of the table replaces it.
+	second := table(map[string]time.Duration{"same": 600 * time.Second, "shorter": 300 * time.Second, "new": 600 * time.Second})
+	if err := NewKernel(WithNetNS(ns.Fd())).Apply(ctx, FullPlan(second)); err != nil {
+		t.Fatal(err)
+	}
+	after := listSet("same")
+	for _, addr := range []string{"192.0.2.1", "192.0.2.2"} {
+		if !strings.Contains(after, addr) {
+			t.Errorf("the replace dropped %s from set same:\n%s", addr, after)
+		}
+	}
+	// The elements kept their expiries: they run on, not restarted.
+	if b, a := longestExpiry(t, before), longestExpiry(t, after); a > b-time.Second {
+		t.Errorf("longest expiry %v before the replace and %v 1.1 s later: the elements were re-added", b, a)
+	}
+	if got := listSet("shorter"); strings.Contains(got, "192.0.2.1") || !strings.Contains(got, "timeout 5m") {
+		t.Errorf("a set with another timeout must be recreated empty:\n%s", got)
+	}
+	if _, err := ns.RunErr("nft", "list", "set", "inet", "nftproxy-dyn", "gone"); err == nil {
+		t.Error("a dynamic set the new table lacks is still there")
+	}
+	if got := listSet("new"); strings.Contains(got, "192.0.2") {
+		t.Errorf("a new set has elements:\n%s", got)
+	}
+	if got := ns.Run(t, "nft", "list", "chain", "inet", "nftproxy-dyn", "sticky"); !strings.Contains(got, "update @same") {
+		t.Errorf("chain sticky lost its rules:\n%s", got)
+	}
+}
+
+// longestExpiry returns the longest "expires" of an nft set listing.
+func longestExpiry(t *testing.T, listing string) time.Duration {
+	t.Helper()
+	var longest time.Duration
+	for _, m := range regexp.MustCompile(`expires (\S+?)[,\s}]`).FindAllStringSubmatch(listing, -1) {
+		d, err := time.ParseDuration(m[1])
+		if err != nil {
+			t.Fatalf("expiry %q: %v", m[1], err)
+		}
+		longest = max(longest, d)
+	}
+	if longest == 0 {
+		t.Fatalf("no expiry in:\n%s", listing)
+	}
+	return longest
 }
