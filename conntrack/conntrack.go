@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -64,7 +65,35 @@ type Filter struct {
 }
 
 func (f Filter) String() string {
-	return fmt.Sprintf("proto %d orig dst %s:%d reply src %s:%d", f.Proto, f.OrigDst, f.OrigDstPort, f.ReplySrc, f.ReplySrcPort)
+	var b strings.Builder
+	fmt.Fprintf(&b, "proto %d", f.Proto)
+	if f.IPv6 {
+		b.WriteString(" ipv6")
+	} else {
+		b.WriteString(" ipv4")
+	}
+	part := func(name string, addr netip.Addr, port uint16) {
+		switch {
+		case addr.IsValid() && port != 0:
+			fmt.Fprintf(&b, " %s %s", name, netip.AddrPortFrom(addr, port))
+		case addr.IsValid():
+			fmt.Fprintf(&b, " %s %s", name, addr)
+		case port != 0:
+			fmt.Fprintf(&b, " %s port %d", name, port)
+		}
+	}
+	part("orig dst", f.OrigDst, f.OrigDstPort)
+	part("reply src", f.ReplySrc, f.ReplySrcPort)
+	return b.String()
+}
+
+// Entry is a tracked flow as a dump shows it: where its first packet was
+// sent (the original destination: a service address and port) and where
+// its replies come from (the reply source: the endpoint it was DNATed to,
+// or the original destination when it was not translated).
+type Entry struct {
+	OrigDst  netip.AddrPort
+	ReplySrc netip.AddrPort
 }
 
 // Conntrack deletes entries in one network namespace.
@@ -81,6 +110,18 @@ func New(netnsFd int) *Conntrack { return &Conntrack{netns: netnsFd} }
 func (c *Conntrack) Delete(f Filter) (int, error) {
 	if !f.OrigDst.IsValid() && f.OrigDstPort == 0 && !f.ReplySrc.IsValid() && f.ReplySrcPort == 0 {
 		return 0, errors.New("conntrack filter selects everything")
+	}
+	return c.DeleteFunc(f, nil)
+}
+
+// DeleteFunc deletes the entries the kernel selects with f (which may name
+// only a protocol and family) for which stale returns true, or all of them
+// when stale is nil, and returns how many it deleted. The kernel filters
+// the dump, so only the entries of f's protocol and family are copied to
+// user space, never the whole table.
+func (c *Conntrack) DeleteFunc(f Filter, stale func(Entry) bool) (int, error) {
+	if f.Proto == 0 {
+		return 0, errors.New("conntrack filter names no protocol")
 	}
 	cfg := &netlink.Config{}
 	if c.netns >= 0 {
@@ -105,7 +146,20 @@ func (c *Conntrack) Delete(f Filter) (int, error) {
 		if len(m.Data) < 4 {
 			continue
 		}
-		del, err := deleteRequest(f.family(), m.Data[4:])
+		attrs, err := netlink.UnmarshalAttributes(m.Data[4:])
+		if err != nil {
+			return deleted, fmt.Errorf("decode conntrack entry: %w", err)
+		}
+		if stale != nil {
+			e, err := decodeEntry(attrs)
+			if err != nil {
+				return deleted, err
+			}
+			if !stale(e) {
+				continue
+			}
+		}
+		del, err := deleteRequest(f.family(), attrs)
 		if err != nil {
 			return deleted, err
 		}
@@ -203,11 +257,7 @@ func tuple(ipv6 bool, proto uint8, src, dst netip.Addr, sport, dport uint16) (fu
 
 // deleteRequest deletes the entry a dump returned, identified by its
 // original tuple (and zone).
-func deleteRequest(family uint8, entry []byte) (netlink.Message, error) {
-	attrs, err := netlink.UnmarshalAttributes(entry)
-	if err != nil {
-		return netlink.Message{}, fmt.Errorf("decode conntrack entry: %w", err)
-	}
+func deleteRequest(family uint8, attrs []netlink.Attribute) (netlink.Message, error) {
 	var keep []netlink.Attribute
 	for _, a := range attrs {
 		switch a.Type &^ unix.NLA_F_NESTED {
@@ -223,4 +273,70 @@ func deleteRequest(family uint8, entry []byte) (netlink.Message, error) {
 		Header: netlink.Header{Type: msgType(ipctnlMsgCtDelete), Flags: netlink.Request | netlink.Acknowledge},
 		Data:   append(header(family), b...),
 	}, nil
+}
+
+// decodeEntry reads the original destination and the reply source of a
+// dumped entry.
+func decodeEntry(attrs []netlink.Attribute) (Entry, error) {
+	var e Entry
+	for _, a := range attrs {
+		var err error
+		switch a.Type &^ unix.NLA_F_NESTED {
+		case ctaTupleOrig:
+			_, e.OrigDst, err = decodeTuple(a.Data)
+		case ctaTupleReply:
+			e.ReplySrc, _, err = decodeTuple(a.Data)
+		}
+		if err != nil {
+			return Entry{}, fmt.Errorf("decode conntrack entry: %w", err)
+		}
+	}
+	if !e.OrigDst.IsValid() || !e.ReplySrc.IsValid() {
+		return Entry{}, errors.New("decode conntrack entry: tuple without addresses")
+	}
+	return e, nil
+}
+
+// decodeTuple returns a tuple's source and destination.
+func decodeTuple(b []byte) (src, dst netip.AddrPort, err error) {
+	ad, err := netlink.NewAttributeDecoder(b)
+	if err != nil {
+		return src, dst, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	var srcIP, dstIP netip.Addr
+	var sport, dport uint16
+	for ad.Next() {
+		switch ad.Type() {
+		case ctaTupleIP:
+			ad.Nested(func(ip *netlink.AttributeDecoder) error {
+				for ip.Next() {
+					switch ip.Type() {
+					case ctaIPv4Src, ctaIPv6Src:
+						srcIP, _ = netip.AddrFromSlice(ip.Bytes())
+					case ctaIPv4Dst, ctaIPv6Dst:
+						dstIP, _ = netip.AddrFromSlice(ip.Bytes())
+					}
+				}
+				return nil
+			})
+		case ctaTupleProto:
+			ad.Nested(func(p *netlink.AttributeDecoder) error {
+				p.ByteOrder = binary.BigEndian
+				for p.Next() {
+					switch p.Type() {
+					case ctaProtoSrcPort:
+						sport = p.Uint16()
+					case ctaProtoDstPort:
+						dport = p.Uint16()
+					}
+				}
+				return nil
+			})
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return src, dst, err
+	}
+	return netip.AddrPortFrom(srcIP, sport), netip.AddrPortFrom(dstIP, dport), nil
 }

@@ -35,10 +35,10 @@ type Rules struct {
 	// NodePortAddresses are the addresses NodePorts (and health checks)
 	// are served on.
 	NodePortAddresses []netip.Addr
-	// UDPEndpoints lists, for each UDP service address and port (and each
-	// UDP NodePort), the endpoints its traffic may go to: the proxier
+	// FlowEndpoints lists, for each UDP and SCTP service address and port
+	// (and each such NodePort), the endpoints its traffic may go to: the proxier
 	// compares them between syncs to delete stale conntrack entries.
-	UDPEndpoints map[UDPDestination][]netip.AddrPort
+	FlowEndpoints map[FlowDestination][]netip.AddrPort
 	// Problems are what could not be programmed, per Service, for Events.
 	Problems []Problem
 	// NoLocalEndpoints counts the service ports with a Local traffic policy
@@ -56,12 +56,20 @@ type Problem struct {
 // reporter logs and records a problem of the service being built.
 type reporter func(reason, message string)
 
-// UDPDestination is a UDP service address and port, or a NodePort (Addr
-// unset).
-type UDPDestination struct {
-	Addr netip.Addr
-	Port uint16
+// FlowDestination is where clients send a UDP or SCTP service port's
+// traffic: a service address (ClusterIP, external or load balancer IP) and
+// port, or a NodePort, whose Addr is its family's unspecified address (the
+// port on every NodePort address of that family). Conntrack entries of
+// these protocols outlive endpoint changes (nothing breaks the flow), so
+// the proxier deletes the ones whose endpoint is gone.
+type FlowDestination struct {
+	Proto uint8
+	Addr  netip.Addr
+	Port  uint16
 }
+
+// IsNodePort reports whether d is a NodePort.
+func (d FlowDestination) IsNodePort() bool { return d.Addr.IsUnspecified() }
 
 // Build returns the table nftproxy wants for the given objects; see
 // BuildRules.
@@ -488,11 +496,11 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 			fb.addServicePort(report, sp, cluster, local, hasAny)
 			fb.addFirewall(sp, b.nodeIPs, b.cfg.LBSourceRangesForNodePorts)
 			fb.addHairpins(b.cfg.NodeName, sp, eps)
-			if sp.proto == nft.ProtoUDP {
-				if frag.udp == nil {
-					frag.udp = map[UDPDestination][]netip.AddrPort{}
+			if protoUDPOrSCTP(sp.proto) {
+				if frag.flows == nil {
+					frag.flows = map[FlowDestination][]netip.AddrPort{}
 				}
-				addUDPEndpoints(frag.udp, sp, cluster, local)
+				addFlowEndpoints(frag.flows, sp, fc.f.ipv6, cluster, local)
 			}
 			if sp.healthCheckNodePort != 0 {
 				// kube-proxy's LocalReadyEndpoints: the service's distinct
@@ -541,9 +549,9 @@ func (fb *familyBuild) fragment(cfg Config, masq nft.Expr) familyFragment {
 	return ff
 }
 
-// addUDPEndpoints records where the port's UDP traffic may go, by every
-// destination it is reached at.
-func addUDPEndpoints(udp map[UDPDestination][]netip.AddrPort, sp *servicePort, cluster, local []endpoint) {
+// addFlowEndpoints records where the port's traffic may go, by every
+// destination it is reached at in this family.
+func addFlowEndpoints(flows map[FlowDestination][]netip.AddrPort, sp *servicePort, ipv6 bool, cluster, local []endpoint) {
 	var eps []netip.AddrPort
 	for _, e := range append(slices.Clone(cluster), local...) {
 		ap := netip.AddrPortFrom(e.addr, e.port)
@@ -551,11 +559,15 @@ func addUDPEndpoints(udp map[UDPDestination][]netip.AddrPort, sp *servicePort, c
 			eps = append(eps, ap)
 		}
 	}
-	udp[UDPDestination{Addr: sp.clusterIP, Port: sp.port}] = eps
+	flows[FlowDestination{Proto: sp.proto, Addr: sp.clusterIP, Port: sp.port}] = eps
 	for _, ip := range sp.external {
-		udp[UDPDestination{Addr: ip, Port: sp.port}] = eps
+		flows[FlowDestination{Proto: sp.proto, Addr: ip, Port: sp.port}] = eps
 	}
 	if sp.nodePort != 0 {
-		udp[UDPDestination{Port: sp.nodePort}] = eps
+		any := netip.IPv4Unspecified()
+		if ipv6 {
+			any = netip.IPv6Unspecified()
+		}
+		flows[FlowDestination{Proto: sp.proto, Addr: any, Port: sp.nodePort}] = eps
 	}
 }

@@ -14,22 +14,34 @@ import (
 // Conntrack deletes connection tracking entries; conntrack.Conntrack
 // implements it.
 type Conntrack interface {
+	// Delete deletes the entries the filter selects.
 	Delete(f conntrack.Filter) (int, error)
+	// DeleteFunc deletes the entries of the filter's protocol and family
+	// that stale says are stale.
+	DeleteFunc(f conntrack.Filter, stale func(conntrack.Entry) bool) (int, error)
 }
 
-// WithConntrack makes the proxier delete stale UDP conntrack entries after
-// each sync.
+// WithConntrack makes the proxier delete stale UDP and SCTP conntrack
+// entries after each sync.
 func WithConntrack(c Conntrack) Option { return func(p *Proxier) { p.conntrack = c } }
 
-// staleUDPFilters returns the conntrack entries to delete after a sync, as
-// kube-proxy decides: UDP flows to an endpoint a service no longer uses
-// would keep going to it (UDP has no connection to break), and flows sent
-// while a service had no endpoints were tracked without NAT and would never
-// reach the endpoints that appeared. Nothing is deleted on the first sync:
-// a restart leaves flows alone.
-func staleUDPFilters(prev, cur map[UDPDestination][]netip.AddrPort) []conntrack.Filter {
+// staleFlowFilters returns the conntrack entries to delete after a sync
+// that changed the rules the kernel held, as kube-proxy decides: UDP and
+// SCTP flows to an endpoint a service no longer uses would keep going to
+// it (nothing breaks them), and flows sent while a service had no endpoints
+// were tracked without NAT and would never reach the endpoints that
+// appeared. With no previous state (the first sync, or one after a failure)
+// it returns nothing: reconcileFilters decides then.
+func staleFlowFilters(prev, cur map[FlowDestination][]netip.AddrPort) []conntrack.Filter {
 	if prev == nil {
 		return nil
+	}
+	filter := func(dst FlowDestination) conntrack.Filter {
+		f := conntrack.Filter{IPv6: dst.Addr.Is6(), Proto: dst.Proto, OrigDstPort: dst.Port}
+		if !dst.IsNodePort() {
+			f.OrigDst = dst.Addr
+		}
+		return f
 	}
 	var out []conntrack.Filter
 	for dst, eps := range prev {
@@ -37,16 +49,26 @@ func staleUDPFilters(prev, cur map[UDPDestination][]netip.AddrPort) []conntrack.
 			if slices.Contains(cur[dst], ep) {
 				continue
 			}
-			out = append(out, conntrack.Filter{IPv6: ep.Addr().Is6(), Proto: nft.ProtoUDP,
-				OrigDst: dst.Addr, OrigDstPort: dst.Port, ReplySrc: ep.Addr(), ReplySrcPort: ep.Port()})
+			f := filter(dst)
+			f.ReplySrc, f.ReplySrcPort = ep.Addr(), ep.Port()
+			out = append(out, f)
 		}
 	}
 	for dst, eps := range cur {
 		if len(eps) > 0 && len(prev[dst]) == 0 {
-			out = append(out, conntrack.Filter{IPv6: eps[0].Addr().Is6(), Proto: nft.ProtoUDP, OrigDst: dst.Addr, OrigDstPort: dst.Port})
+			out = append(out, filter(dst))
 		}
 	}
 	slices.SortFunc(out, func(a, b conntrack.Filter) int {
+		if a.Proto != b.Proto {
+			return int(a.Proto) - int(b.Proto)
+		}
+		if a.IPv6 != b.IPv6 {
+			if a.IPv6 {
+				return 1
+			}
+			return -1
+		}
 		if c := a.OrigDst.Compare(b.OrigDst); c != 0 {
 			return c
 		}
@@ -58,11 +80,70 @@ func staleUDPFilters(prev, cur map[UDPDestination][]netip.AddrPort) []conntrack.
 	return out
 }
 
-// clearStaleUDP deletes the stale entries; a failure is logged, not fatal:
-// the rules are right, and the entries expire in time. Each family's
-// cleanup is timed and counted in kube-proxy's conntrack reconciler
-// metrics, also when it has nothing to delete.
-func (p *Proxier) clearStaleUDP(logger klog.Logger, filters []conntrack.Filter) {
+// reconcile is one kernel-filtered dump of a protocol's entries in one
+// family and the test that picks the stale ones.
+type reconcile struct {
+	filter conntrack.Filter
+	stale  func(conntrack.Entry) bool
+}
+
+// reconcileFilters returns what to delete after a sync that replaced a
+// table whose contents nftproxy did not know (the first sync after a
+// start, or after a failed transaction): flows that may have been DNATed
+// by rules nftproxy no longer has. An entry is stale when its original
+// destination is a service address and port, or a NodePort on a NodePort
+// address, and its reply source (the endpoint it was sent to) is not one
+// of that destination's endpoints now, as kube-proxy's conntrack
+// reconciler decides, but per port; every other entry is left alone, so a
+// restart breaks no flow to a live endpoint (kubernetes/kubernetes#122740).
+// The kernel filters by protocol and family; the rest is decided here, in
+// one dump per protocol and family rather than one per destination (each
+// dump walks the whole conntrack table in the kernel).
+func reconcileFilters(cur map[FlowDestination][]netip.AddrPort, nodePortAddrs []netip.Addr) []reconcile {
+	type group struct {
+		proto uint8
+		ipv6  bool
+	}
+	groups := map[group]bool{}
+	for dst := range cur {
+		groups[group{dst.Proto, dst.Addr.Is6()}] = true
+	}
+	var out []reconcile
+	for g := range groups {
+		any := netip.IPv4Unspecified()
+		if g.ipv6 {
+			any = netip.IPv6Unspecified()
+		}
+		stale := func(e conntrack.Entry) bool {
+			dst := e.OrigDst.Addr().Unmap()
+			eps, ok := cur[FlowDestination{Proto: g.proto, Addr: dst, Port: e.OrigDst.Port()}]
+			if !ok {
+				eps, ok = cur[FlowDestination{Proto: g.proto, Addr: any, Port: e.OrigDst.Port()}]
+				ok = ok && slices.Contains(nodePortAddrs, dst)
+			}
+			return ok && !slices.Contains(eps, netip.AddrPortFrom(e.ReplySrc.Addr().Unmap(), e.ReplySrc.Port()))
+		}
+		out = append(out, reconcile{filter: conntrack.Filter{IPv6: g.ipv6, Proto: g.proto}, stale: stale})
+	}
+	slices.SortFunc(out, func(a, b reconcile) int {
+		if a.filter.IPv6 != b.filter.IPv6 {
+			if a.filter.IPv6 {
+				return 1
+			}
+			return -1
+		}
+		return int(a.filter.Proto) - int(b.filter.Proto)
+	})
+	return out
+}
+
+// clearStaleFlows deletes the stale entries, by filter after a sync that
+// changed known rules, or by reconciliation after one that replaced
+// unknown ones. A failure is logged, not fatal: the rules are right, and
+// the entries expire in time (unless the client keeps sending). Each
+// family's cleanup is timed and counted in kube-proxy's conntrack
+// reconciler metrics, also when it has nothing to delete.
+func (p *Proxier) clearStaleFlows(logger klog.Logger, filters []conntrack.Filter, reconciles []reconcile) {
 	if p.conntrack == nil {
 		return
 	}
@@ -78,6 +159,18 @@ func (p *Proxier) clearStaleUDP(logger klog.Logger, filters []conntrack.Filter) 
 	slices.Sort(families) // IPv4 first
 	for _, family := range families {
 		start, deleted := time.Now(), 0
+		for _, r := range reconciles {
+			if conntrackFamily(r.filter) != family {
+				continue
+			}
+			n, err := p.conntrack.DeleteFunc(r.filter, r.stale)
+			deleted += n
+			if err != nil {
+				logger.Error(err, "Failed to reconcile conntrack entries", "filter", r.filter.String())
+				continue
+			}
+			logger.V(2).Info("Reconciled conntrack entries", "filter", r.filter.String(), "deleted", n)
+		}
 		for _, f := range filters {
 			if conntrackFamily(f) != family {
 				continue
@@ -85,10 +178,10 @@ func (p *Proxier) clearStaleUDP(logger klog.Logger, filters []conntrack.Filter) 
 			n, err := p.conntrack.Delete(f)
 			deleted += n
 			if err != nil {
-				logger.Error(err, "Failed to delete stale UDP conntrack entries", "filter", f.String())
+				logger.Error(err, "Failed to delete stale conntrack entries", "filter", f.String())
 				continue
 			}
-			logger.V(2).Info("Deleted stale UDP conntrack entries", "filter", f.String(), "entries", n)
+			logger.V(2).Info("Deleted stale conntrack entries", "filter", f.String(), "entries", n)
 		}
 		p.metrics.conntrackCleaned(family, time.Since(start), deleted)
 	}
@@ -101,3 +194,7 @@ func conntrackFamily(f conntrack.Filter) string {
 	}
 	return "IPv4"
 }
+
+// protoUDPOrSCTP reports whether conntrack entries of the protocol are
+// kept in step with the endpoints.
+func protoUDPOrSCTP(proto uint8) bool { return proto == nft.ProtoUDP || proto == nft.ProtoSCTP }

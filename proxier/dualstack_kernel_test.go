@@ -14,7 +14,10 @@ import (
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
-func TestDualStackWithPackets(t *testing.T) {
+// dualStackPacketCluster is a node with pods pod-a, pod-b and pod-c, each
+// with an IPv4 and an IPv6 address, serving TCP and UDP on port 8080.
+func dualStackPacketCluster(t *testing.T) *testnet.Cluster {
+	t.Helper()
 	testnet.RequireRoot(t)
 	cfg := testnet.Config{}
 	for _, name := range []string{"pod-a", "pod-b", "pod-c"} {
@@ -24,6 +27,11 @@ func TestDualStackWithPackets(t *testing.T) {
 	for _, p := range c.Pods {
 		p.Serve(t, 8080)
 	}
+	return c
+}
+
+func TestDualStackWithPackets(t *testing.T) {
+	c := dualStackPacketCluster(t)
 	node := makeNode("node-a", nodeIP.String(), c.Config.NodeIP6.Addr().String())
 	svc := makeService("default", "dual", "10.96.0.100", withNodePort(30100))
 	svc.Spec.ClusterIPs = []string{"10.96.0.100", "fd00:10:96::100"}

@@ -493,7 +493,11 @@ func (p *Proxier) Sync(ctx context.Context) error {
 	if p.healthChecks != nil {
 		p.healthChecks.Sync(p.state.nodePortAddrs(), maps.Clone(p.state.health))
 	}
-	p.clearStaleUDP(logger, res.staleUDP)
+	var reconciles []reconcile
+	if res.reconcile {
+		reconciles = reconcileFilters(p.state.flowEndpoints(), p.state.nodePortAddrs())
+	}
+	p.clearStaleFlows(logger, res.staleFlows, reconciles)
 	p.reportProblems(res.problems)
 	// Stale chains were flushed, not deleted; the next sync, whatever
 	// starts it (at the latest the periodic one), deletes them. A sync of
@@ -533,11 +537,15 @@ type syncInput struct {
 
 // syncResult is a sync's transaction and what it changes besides.
 type syncResult struct {
-	plan     *nft.Plan
-	state    *tableState
-	problems map[types.NamespacedName][]Problem
-	staleUDP []conntrack.Filter
-	rebuilt  int
+	plan       *nft.Plan
+	state      *tableState
+	problems   map[types.NamespacedName][]Problem
+	staleFlows []conntrack.Filter
+	// reconcile is set when the rules the plan replaced were unknown: the
+	// conntrack entries of every UDP and SCTP destination are checked
+	// against its endpoints.
+	reconcile bool
+	rebuilt   int
 }
 
 func (p *Proxier) config() Config {
@@ -607,11 +615,11 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 	want := ts.assemble(true, false).Table
 	res := syncResult{state: ts, problems: p.allProblems(ts), rebuilt: len(ts.frags)}
 	var have *nft.Table
-	var prevUDP map[UDPDestination][]netip.AddrPort
+	var prevFlows map[FlowDestination][]netip.AddrPort
 	// A prebuilt state is not in the kernel: replace whatever is there.
 	if p.state != nil && !p.state.prebuilding {
 		have = p.state.assemble(true, true).Table
-		prevUDP = p.state.udpEndpoints()
+		prevFlows = p.state.flowEndpoints()
 	}
 	res.plan = nft.Diff(have, want)
 	// The chains the plan flushed rather than deleted: the next plan
@@ -623,7 +631,8 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 			}
 		}
 	}
-	res.staleUDP = staleUDPFilters(prevUDP, ts.udpEndpoints())
+	res.staleFlows = staleFlowFilters(prevFlows, ts.flowEndpoints())
+	res.reconcile = have == nil
 	return res
 }
 
@@ -662,7 +671,7 @@ func (p *Proxier) syncPrebuilt(logger klog.Logger, in syncInput) (syncResult, bo
 		clear(ts.idle[fi])
 	}
 	return syncResult{plan: nft.FullPlan(ts.assemble(true, false).Table), state: ts,
-		problems: p.allProblems(ts), rebuilt: ch.services}, true
+		problems: p.allProblems(ts), reconcile: true, rebuilt: ch.services}, true
 }
 
 // allProblems returns the problems of every service of a whole new table,
@@ -691,5 +700,5 @@ func (p *Proxier) syncPartial(logger klog.Logger, in syncInput, dropIdle bool) (
 		return syncResult{}, false
 	}
 	return syncResult{plan: pt.Plan(nft.FamilyINet, TableName), state: ts, problems: ch.problems,
-		staleUDP: ch.staleUDP, rebuilt: ch.services}, true
+		staleFlows: ch.staleFlows, rebuilt: ch.services}, true
 }

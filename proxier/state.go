@@ -43,7 +43,7 @@ type fragment struct {
 	counters []*nft.CounterObject
 	problems []Problem
 	health   *healthcheck.Check
-	udp      map[UDPDestination][]netip.AddrPort
+	flows    map[FlowDestination][]netip.AddrPort
 	// noLocal counts ports with endpoints but none on this node, under
 	// the Local internal and external policies.
 	noLocal [2]int
@@ -335,11 +335,12 @@ func (ts *tableState) sortedKeys() []types.NamespacedName {
 	return slices.SortedFunc(maps.Keys(ts.frags), compareNames)
 }
 
-// udpEndpoints returns where each UDP destination's traffic may go.
-func (ts *tableState) udpEndpoints() map[UDPDestination][]netip.AddrPort {
-	out := map[UDPDestination][]netip.AddrPort{}
+// flowEndpoints returns where each UDP and SCTP destination's traffic may
+// go.
+func (ts *tableState) flowEndpoints() map[FlowDestination][]netip.AddrPort {
+	out := map[FlowDestination][]netip.AddrPort{}
 	for _, k := range ts.sortedKeys() {
-		maps.Copy(out, ts.frags[k].udp)
+		maps.Copy(out, ts.frags[k].flows)
 	}
 	return out
 }
@@ -359,7 +360,7 @@ func (ts *tableState) nodePortAddrs() []netip.Addr {
 // (empty), as the kernel holds them.
 func (ts *tableState) assemble(withElements, withStale bool) *Rules {
 	r := &Rules{Table: nft.NewTable(nft.FamilyINet, TableName), HealthChecks: maps.Clone(ts.health),
-		UDPEndpoints: map[UDPDestination][]netip.AddrPort{}, NoLocalEndpoints: map[string]int{}}
+		FlowEndpoints: map[FlowDestination][]netip.AddrPort{}, NoLocalEndpoints: map[string]int{}}
 	if ts.noLocal[0] > 0 {
 		r.NoLocalEndpoints["internal"] = ts.noLocal[0]
 	}
@@ -370,7 +371,7 @@ func (ts *tableState) assemble(withElements, withStale bool) *Rules {
 	for _, k := range keys {
 		f := ts.frags[k]
 		r.Problems = append(r.Problems, f.problems...)
-		maps.Copy(r.UDPEndpoints, f.udp)
+		maps.Copy(r.FlowEndpoints, f.flows)
 		r.Table.Counters = append(r.Table.Counters, f.counters...)
 	}
 	built := ts.built()
@@ -516,8 +517,8 @@ func (ts *tableState) familyLabels() []string {
 type change struct {
 	// problems are the problems of each rebuilt service (nil: none).
 	problems map[types.NamespacedName][]Problem
-	// staleUDP lists conntrack entries the update made stale.
-	staleUDP []conntrack.Filter
+	// staleFlows lists conntrack entries the update made stale.
+	staleFlows []conntrack.Filter
 	// services counts the services rebuilt.
 	services int
 }
@@ -754,21 +755,21 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 		pt.DeleteCounters = append(pt.DeleteCounters, del...)
 	}
 
-	empty := map[UDPDestination][]netip.AddrPort{}
+	empty := map[FlowDestination][]netip.AddrPort{}
 	for _, k := range keys {
 		o, n := frags(k)
-		oldUDP, newUDP := empty, empty
-		if o != nil && o.udp != nil {
-			oldUDP = o.udp
+		oldFlows, newFlows := empty, empty
+		if o != nil && o.flows != nil {
+			oldFlows = o.flows
 		}
 		ch.problems[k] = nil
 		if n != nil {
 			ch.problems[k] = n.problems
-			if n.udp != nil {
-				newUDP = n.udp
+			if n.flows != nil {
+				newFlows = n.flows
 			}
 		}
-		ch.staleUDP = append(ch.staleUDP, staleUDPFilters(oldUDP, newUDP)...)
+		ch.staleFlows = append(ch.staleFlows, staleFlowFilters(oldFlows, newFlows)...)
 	}
 	return pt, ch, true
 }
