@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # run.sh runs nftproxy's end-to-end suite against a local cluster of network
 # namespaces (see e2e/harness): it builds the control-plane binaries if they
-# are missing or stale (e2e/tools/build.sh, ~14 minutes on 2 cores the first
-# time, then cached in .cache/bin), builds nftproxy, runs the scenarios, and
-# tears the cluster down whatever happens. Run it as root from anywhere; extra
+# are missing or stale (e2e/tools/build.sh: built once per pinned version,
+# outside the clone, 15 to 25 minutes on 2 cores with an empty Go build
+# cache; then only linked into .cache/bin), builds nftproxy, runs the
+# scenarios, and tears the cluster down whatever happens. Run it as root from anywhere; extra
 # arguments go to go test (e.g. -run 'TestE2E/ClusterIP').
 #
 # Needs: go, ip (iproute2), nft (nftables). Touches nothing outside the
