@@ -110,10 +110,10 @@ func (l localCluster) EchoPod(name, node, app string) *v1.Pod {
 	}
 }
 
-func (l localCluster) FromPod(pod *v1.Pod) source { return nsSource{harness.PodNS(pod)} }
+func (l localCluster) FromPod(pod *v1.Pod) source { return nsSource{l.c.Topology.PodNS(pod)} }
 
 func (l localCluster) Outside() outsideClient {
-	return nsOutside{nsSource{l.c.Topology.Client}, harness.ClientIP}
+	return nsOutside{nsSource{l.c.Topology.Client}, l.c.Topology.Network.ClientIP}
 }
 
 func (l localCluster) SetReady(ctx context.Context, pod *v1.Pod, ready bool) error {

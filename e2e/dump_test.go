@@ -40,7 +40,7 @@ func (s *scenario) compareWithDump(n harness.NodeSpec, scratch *testnet.NS) erro
 	if err != nil {
 		return fmt.Errorf("list service CIDRs: %w", err)
 	}
-	args := []string{"dump", "--objects", objects, "--hostname", n.Name, "--cluster-cidr", harness.ClusterCIDR.String()}
+	args := []string{"dump", "--objects", objects, "--hostname", n.Name, "--cluster-cidr", l.Topology.Network.ClusterCIDR.String()}
 	for _, sc := range cidrs.Items {
 		for _, cidr := range sc.Spec.CIDRs {
 			args = append(args, "--service-cluster-ip-range", cidr)

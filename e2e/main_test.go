@@ -94,7 +94,7 @@ func startCluster(t *testing.T) *harness.Cluster {
 	t.Cleanup(func() {
 		stop()
 		wg.Wait()
-		if err := harness.Down(context.Background(), c.Paths); err != nil {
+		if err := harness.Down(context.Background(), c.Paths, c.Topology.Network); err != nil {
 			t.Errorf("tear cluster down: %v", err)
 		}
 		t.Logf("process logs are in %s", c.Paths.Logs)

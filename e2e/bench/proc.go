@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -155,13 +154,4 @@ func countElements(ctx context.Context, ns harness.NS, family, table, set string
 
 // runCmd runs a command in the root namespace (only "ip netns add" and
 // builds), returning its output or an error with its standard error.
-func runCmd(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return string(out), fmt.Errorf("run %q: %w: %s", args, err, strings.TrimSpace(stderr.String()))
-	}
-	return string(out), nil
-}
+func runCmd(ctx context.Context, args ...string) (string, error) { return harness.Output(ctx, args...) }

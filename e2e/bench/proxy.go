@@ -226,7 +226,7 @@ func (nftproxy) name() string { return "nftproxy" }
 
 func (n nftproxy) args(bin, kubeconfig string) []string {
 	return append([]string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
-		"--cluster-cidr", clusterNet, "--healthz-bind-address", "", "-v=2"}, n.extraArgs...)
+		"--cluster-cidr", benchNetwork().ClusterCIDR.String(), "--healthz-bind-address", "", "-v=2"}, n.extraArgs...)
 }
 
 func (nftproxy) dispatchMap() (string, string, string) { return "inet", "nftproxy", "service-ips-v4" }
@@ -315,7 +315,7 @@ func (kubeProxy) name() string { return "kube-proxy" }
 
 func (kubeProxy) args(bin, kubeconfig string) []string {
 	return []string{bin, "--proxy-mode", "nftables", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,
-		"--cluster-cidr", clusterNet, "--conntrack-max-per-core", "0",
+		"--cluster-cidr", benchNetwork().ClusterCIDR.String(), "--conntrack-max-per-core", "0",
 		"--metrics-bind-address", kubeProxyMetrics, "--healthz-bind-address", "127.0.0.1:10256", "-v=2"}
 }
 

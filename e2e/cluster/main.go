@@ -76,11 +76,11 @@ func up(ctx context.Context, build bool) error {
 	// binary when up exits.
 	self, err := copySelf(paths)
 	if err != nil {
-		return errors.Join(err, harness.Down(ctx, paths))
+		return errors.Join(err, harness.Down(ctx, paths, c.Topology.Network))
 	}
 	k := &harness.Process{Name: "kubelet", NS: c.Topology.ControlPlane, Args: []string{self, "kubelet"}, Detach: true, LogDir: paths.Logs}
 	if err := k.Start(ctx); err != nil {
-		return errors.Join(err, harness.Down(ctx, paths))
+		return errors.Join(err, harness.Down(ctx, paths, c.Topology.Network))
 	}
 	fmt.Printf(`cluster up; the kubelet runs in the background.
   kubeconfig: %s (use it inside a namespace, e.g. ip netns exec %s kubectl --kubeconfig ...)
@@ -89,7 +89,7 @@ func up(ctx context.Context, build bool) error {
 	for _, n := range c.Topology.Nodes {
 		fmt.Printf("%s (%s, netns %s) ", n.Name, n.IP, n.NS.Name)
 	}
-	fmt.Printf("\n  client:     %s (netns %s)\ntear down with: go run ./e2e/cluster down\n", harness.ClientIP, c.Topology.Client.Name)
+	fmt.Printf("\n  client:     %s (netns %s)\ntear down with: go run ./e2e/cluster down\n", c.Topology.Network.ClientIP, c.Topology.Client.Name)
 	return nil
 }
 
@@ -98,7 +98,7 @@ func down(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return harness.Down(ctx, paths)
+	return harness.Down(ctx, paths, harness.DefaultNetwork())
 }
 
 func kubelet(ctx context.Context) error {

@@ -21,6 +21,11 @@ type Options struct {
 	// outlive the caller (the up command). Otherwise they are killed when
 	// the caller's process exits, even if it never calls Down.
 	Detach bool
+	// Network is the cluster's network; zero, DefaultNetwork.
+	Network Network
+	// ControlPlane tunes the control plane; zero,
+	// DefaultControlPlaneOptions.
+	ControlPlane *ControlPlaneOptions
 }
 
 // Cluster is a running cluster: its network, control plane and one nftproxy
@@ -55,12 +60,19 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 			return nil, err
 		}
 	}
-	if err := Down(ctx, paths); err != nil {
+	if opts.Network.Prefix == "" {
+		opts.Network = DefaultNetwork()
+	}
+	cpOpts := DefaultControlPlaneOptions()
+	if opts.ControlPlane != nil {
+		cpOpts = *opts.ControlPlane
+	}
+	if err := Down(ctx, paths, opts.Network); err != nil {
 		return nil, fmt.Errorf("clean up an earlier cluster: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, Down(context.WithoutCancel(ctx), paths))
+			err = errors.Join(err, Down(context.WithoutCancel(ctx), paths, opts.Network))
 		}
 	}()
 	for _, dir := range []string{paths.State, paths.Logs} {
@@ -71,14 +83,14 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
 	}
-	c = &Cluster{Paths: paths, Topology: NewTopology(), Proxies: map[string]*Process{}}
-	if err := c.Topology.build(ctx); err != nil {
+	c = &Cluster{Paths: paths, Topology: NewTopology(opts.Network), Proxies: map[string]*Process{}}
+	if err := c.Topology.Build(ctx); err != nil {
 		return nil, fmt.Errorf("build network: %w", err)
 	}
-	if c.Credentials, err = writeCredentials(paths.State); err != nil {
+	if c.Credentials, err = WriteCredentials(paths.State, opts.Network.APIServerURL()); err != nil {
 		return nil, err
 	}
-	if c.ControlPlane, err = controlPlaneProcesses(paths, c.Topology.ControlPlane, c.Credentials, opts.Detach); err != nil {
+	if c.ControlPlane, err = NewControlPlane(paths, opts.Network, c.Topology.ControlPlane, c.Credentials, cpOpts, opts.Detach); err != nil {
 		return nil, err
 	}
 	c.Config = c.ControlPlane.Config
@@ -88,7 +100,7 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err := c.ControlPlane.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start control plane: %w", err)
 	}
-	proxyKubeconfig, err := applyRBAC(ctx, c.Client, paths.State)
+	proxyKubeconfig, err := applyRBAC(ctx, c.Client, paths.State, opts.Network.APIServerURL())
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +108,7 @@ func Up(ctx context.Context, opts Options) (c *Cluster, err error) {
 		if err := registerNode(ctx, c.Client, n); err != nil {
 			return nil, err
 		}
-		if c.Proxies[n.Name], err = proxyProcess(paths, n, proxyKubeconfig, opts.Detach); err != nil {
+		if c.Proxies[n.Name], err = proxyProcess(paths, opts.Network, n, proxyKubeconfig, opts.Detach); err != nil {
 			return nil, err
 		}
 		if err := c.Proxies[n.Name].Start(ctx); err != nil {
@@ -115,7 +127,9 @@ func (c *Cluster) WaitProxies(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.Topology.Nodes))
 	for i, n := range c.Topology.Nodes {
-		wg.Go(func() { errs[i] = waitProxyReady(ctx, n, c.Proxies[n.Name], time.Minute) })
+		wg.Go(func() {
+			errs[i] = waitProxyReady(ctx, n, c.Topology.Network.KubernetesServiceIP(), c.Proxies[n.Name], time.Minute)
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -137,12 +151,12 @@ func (c *Cluster) RunKubelet(ctx context.Context) error {
 	return NewKubelet(c.Client, c.Topology).Run(ctx, 4)
 }
 
-// Down deletes every namespace of the harness, which kills every process
+// Down deletes every namespace of the network, which kills every process
 // running inside (control plane, nftproxy, a detached kubelet), and removes
 // the state directory. Logs are kept. It is safe to call when nothing is up.
-func Down(ctx context.Context, paths Paths) error {
+func Down(ctx context.Context, paths Paths, n Network) error {
 	var errs []error
-	if err := teardown(ctx); err != nil {
+	if err := Teardown(ctx, n.Prefix); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(paths.State); err != nil {
@@ -151,15 +165,16 @@ func Down(ctx context.Context, paths Paths) error {
 	return errors.Join(errs...)
 }
 
-// Attach returns the cluster that an earlier Up (in another process, such as
-// the up command) left running, for clients and a Kubelet. Its Proxies and
-// ControlPlane processes are not known.
+// Attach returns the cluster of the default network that an earlier Up (in
+// another process, such as the up command) left running, for clients and a
+// Kubelet. Its Proxies and ControlPlane processes are not known.
 func Attach() (*Cluster, error) {
 	paths, err := FindPaths()
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Paths: paths, Topology: NewTopology(), Proxies: map[string]*Process{}}
+	n := DefaultNetwork()
+	c := &Cluster{Paths: paths, Topology: NewTopology(n), Proxies: map[string]*Process{}}
 	c.Credentials = Credentials{
 		TokenFile:         filepath.Join(paths.State, "tokens.csv"),
 		ServiceAccountKey: filepath.Join(paths.State, "service-account.key"),
@@ -174,7 +189,7 @@ func Attach() (*Cluster, error) {
 		return nil, fmt.Errorf("attach to cluster: no user admin in %s", c.Credentials.Kubeconfig)
 	}
 	c.Credentials.Token = auth.Token
-	c.Config = restConfig(c.Topology.ControlPlane, auth.Token)
+	c.Config = restConfig(n, c.Topology.ControlPlane, auth.Token, DefaultControlPlaneOptions())
 	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
 		return nil, fmt.Errorf("create client: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -14,20 +15,62 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// ControlPlane is etcd, kube-apiserver and kube-controller-manager running in
-// the control-plane namespace.
+// ControlPlane is etcd, kube-apiserver and, with controllers to run,
+// kube-controller-manager, running in the control-plane namespace.
 type ControlPlane struct {
-	Etcd              *Process
-	APIServer         *Process
+	Etcd      *Process
+	APIServer *Process
+	// ControllerManager is nil when ControlPlaneOptions.Controllers is
+	// empty.
 	ControllerManager *Process
 	// Config reaches the API server from inside the control-plane namespace.
-	Config *rest.Config
+	Config       *rest.Config
+	readyTimeout time.Duration
 }
 
-// controlPlaneProcesses describes the three processes; nothing is started.
-func controlPlaneProcesses(paths Paths, ns NS, creds Credentials, detach bool) (*ControlPlane, error) {
+// ControlPlaneOptions tune the control plane for its user: the e2e suite
+// runs controllers, the benchmarks load tens of thousands of objects.
+type ControlPlaneOptions struct {
+	// Controllers are kube-controller-manager's --controllers; none, and
+	// it does not run.
+	Controllers []string
+	// EtcdArgs, APIServerArgs and ControllerManagerArgs are added to each
+	// process's flags.
+	EtcdArgs, APIServerArgs, ControllerManagerArgs []string
+	// QPS and Burst bound Config's requests; UserAgent names them.
+	QPS       float32
+	Burst     int
+	UserAgent string
+	// ReadyTimeout bounds the wait for the API server to be ready (a
+	// minute if zero).
+	ReadyTimeout time.Duration
+}
+
+// DefaultControlPlaneOptions are the e2e suite's: the EndpointSlice
+// controller makes the slices nftproxy reads, the namespace controller
+// empties namespaces tests delete.
+func DefaultControlPlaneOptions() ControlPlaneOptions {
+	return ControlPlaneOptions{
+		Controllers: []string{"endpointslice", "namespace"},
+		ControllerManagerArgs: []string{
+			// EndpointSlices for hundreds of Services at once.
+			"--kube-api-qps", "200",
+			"--kube-api-burst", "400",
+			"--concurrent-service-endpoint-syncs", "10",
+		},
+		QPS: 200, Burst: 400, UserAgent: "nftproxy-e2e",
+	}
+}
+
+// NewControlPlane describes the control plane of network n in its
+// namespace ns, with its state and logs under paths; nothing is started.
+func NewControlPlane(paths Paths, n Network, ns NS, creds Credentials, opts ControlPlaneOptions, detach bool) (*ControlPlane, error) {
 	bins := map[string]string{}
-	for _, name := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+	names := []string{"etcd", "kube-apiserver"}
+	if len(opts.Controllers) > 0 {
+		names = append(names, "kube-controller-manager")
+	}
+	for _, name := range names {
 		path, err := paths.Binary(name)
 		if err != nil {
 			return nil, err
@@ -38,21 +81,21 @@ func controlPlaneProcesses(paths Paths, ns NS, creds Credentials, detach bool) (
 		return &Process{Name: name, NS: ns, Args: append([]string{bins[name]}, args...), Detach: detach, LogDir: paths.Logs}
 	}
 	cp := &ControlPlane{
-		Etcd: proc("etcd",
+		Etcd: proc("etcd", append([]string{
 			"--data-dir", filepath.Join(paths.State, "etcd"),
 			"--listen-client-urls", "http://127.0.0.1:2379",
 			"--advertise-client-urls", "http://127.0.0.1:2379",
 			"--listen-peer-urls", "http://127.0.0.1:2380",
 			// The data is thrown away with the cluster: fsync only costs time.
 			"--unsafe-no-fsync",
-			"--log-level", "warn"),
-		APIServer: proc("kube-apiserver",
+			"--log-level", "warn"}, opts.EtcdArgs...)...),
+		APIServer: proc("kube-apiserver", append([]string{
 			"--etcd-servers", "http://127.0.0.1:2379",
 			"--cert-dir", filepath.Join(paths.State, "apiserver-certs"),
 			"--bind-address", "0.0.0.0",
-			"--secure-port", strconv.Itoa(APIPort),
-			"--advertise-address", ControlPlaneIP.String(),
-			"--service-cluster-ip-range", ServiceCIDR.String(),
+			"--secure-port", strconv.Itoa(n.APIPort),
+			"--advertise-address", n.ControlPlaneIP.String(),
+			"--service-cluster-ip-range", n.ServiceCIDR.String(),
 			"--service-account-key-file", creds.ServiceAccountKey,
 			"--service-account-signing-key-file", creds.ServiceAccountKey,
 			"--service-account-issuer", "https://kubernetes.default.svc",
@@ -62,34 +105,35 @@ func controlPlaneProcesses(paths Paths, ns NS, creds Credentials, detach bool) (
 			// need; pods here run no code that talks to the API.
 			"--disable-admission-plugins", "ServiceAccount",
 			"--profiling=false",
-			"-v", "1"),
-		ControllerManager: proc("kube-controller-manager",
+			"-v", "1"}, opts.APIServerArgs...)...),
+		Config:       restConfig(n, ns, creds.Token, opts),
+		readyTimeout: opts.ReadyTimeout,
+	}
+	if cp.readyTimeout == 0 {
+		cp.readyTimeout = time.Minute
+	}
+	if len(opts.Controllers) > 0 {
+		cp.ControllerManager = proc("kube-controller-manager", append([]string{
 			"--kubeconfig", creds.Kubeconfig,
-			// The namespace controller empties namespaces tests delete.
-			"--controllers", "endpointslice,namespace",
+			"--controllers", strings.Join(opts.Controllers, ","),
 			"--leader-elect=false",
 			"--secure-port", "0",
-			// EndpointSlices for hundreds of Services at once.
-			"--kube-api-qps", "200",
-			"--kube-api-burst", "400",
-			"--concurrent-service-endpoint-syncs", "10",
-			"-v", "1"),
-		Config: restConfig(ns, creds.Token),
+			"-v", "1"}, opts.ControllerManagerArgs...)...)
 	}
 	return cp, nil
 }
 
-// restConfig returns a client configuration for the API server whose
-// connections are opened inside ns.
-func restConfig(ns NS, token string) *rest.Config {
+// restConfig returns a client configuration for the API server of n
+// whose connections are opened inside ns.
+func restConfig(n Network, ns NS, token string, opts ControlPlaneOptions) *rest.Config {
 	return &rest.Config{
-		Host:            APIServerURL(),
+		Host:            n.APIServerURL(),
 		BearerToken:     token,
 		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
 		Dial:            ns.DialContext,
-		QPS:             200,
-		Burst:           400,
-		UserAgent:       "nftproxy-e2e",
+		QPS:             opts.QPS,
+		Burst:           opts.Burst,
+		UserAgent:       opts.UserAgent,
 	}
 }
 
@@ -105,6 +149,9 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 	if err := cp.StartAPIServer(ctx); err != nil {
 		return err
 	}
+	if cp.ControllerManager == nil {
+		return nil
+	}
 	return cp.ControllerManager.Start(ctx)
 }
 
@@ -113,7 +160,7 @@ func (cp *ControlPlane) StartAPIServer(ctx context.Context) error {
 	if err := cp.APIServer.Start(ctx); err != nil {
 		return err
 	}
-	return cp.WaitReady(ctx, time.Minute)
+	return cp.WaitReady(ctx, cp.readyTimeout)
 }
 
 // WaitReady polls the API server's /readyz until it answers ok.
@@ -141,6 +188,9 @@ func (cp *ControlPlane) WaitReady(ctx context.Context, timeout time.Duration) er
 // Stop stops the controller manager, the API server and etcd.
 func (cp *ControlPlane) Stop(ctx context.Context) error {
 	for _, p := range []*Process{cp.ControllerManager, cp.APIServer, cp.Etcd} {
+		if p == nil {
+			continue
+		}
 		if err := p.Stop(ctx, 10*time.Second); err != nil {
 			return err
 		}

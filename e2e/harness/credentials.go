@@ -7,10 +7,8 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -25,13 +23,14 @@ type Credentials struct {
 	// ServiceAccountKey is the RSA key that signs and verifies service
 	// account tokens.
 	ServiceAccountKey string
-	// Kubeconfig reaches the API server at ControlPlaneIP with Token,
-	// without verifying its self-signed certificate.
+	// Kubeconfig reaches the API server with Token, without verifying its
+	// self-signed certificate.
 	Kubeconfig string
 }
 
-// writeCredentials makes a fresh token and key and writes the files into dir.
-func writeCredentials(dir string) (Credentials, error) {
+// WriteCredentials makes a fresh token and key and writes the files into
+// dir, with a kubeconfig for the API server at server.
+func WriteCredentials(dir, server string) (Credentials, error) {
 	var b [16]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return Credentials{}, fmt.Errorf("generate token: %w", err)
@@ -53,21 +52,16 @@ func writeCredentials(dir string) (Credentials, error) {
 	if err := os.WriteFile(c.ServiceAccountKey, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: der}), 0o600); err != nil {
 		return c, fmt.Errorf("write service account key: %w", err)
 	}
-	if err := writeKubeconfig(c.Kubeconfig, c.Token); err != nil {
+	if err := writeKubeconfig(c.Kubeconfig, server, c.Token); err != nil {
 		return c, err
 	}
 	return c, nil
 }
 
-// APIServerURL returns the API server's address on the LAN.
-func APIServerURL() string {
-	return "https://" + net.JoinHostPort(ControlPlaneIP.String(), strconv.Itoa(APIPort))
-}
-
 // writeKubeconfig writes a kubeconfig for the API server with a bearer token.
-func writeKubeconfig(path, token string) error {
+func writeKubeconfig(path, server, token string) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{Server: APIServerURL(), InsecureSkipTLSVerify: true}
+	cfg.Clusters["e2e"] = &clientcmdapi.Cluster{Server: server, InsecureSkipTLSVerify: true}
 	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["e2e"] = &clientcmdapi.Context{Cluster: "e2e", AuthInfo: "admin"}
 	cfg.CurrentContext = "e2e"

@@ -2,7 +2,9 @@
 // on one machine, for nftproxy's end-to-end tests and for trying nftproxy by
 // hand (see ../cluster, the up and down commands).
 //
-// The topology, every namespace named "nftproxy-e2e-*":
+// The topology is a parameter (Network), so that the benchmarks in ../bench
+// build on the same pieces with their own namespaces and addresses. The e2e
+// suite's, DefaultNetwork, every namespace named "nftproxy-e2e-*":
 //
 //	cp     192.168.77.2   etcd, kube-apiserver, kube-controller-manager ─┐
 //	node1  192.168.77.11  nftproxy, pods of 10.244.1.0/24               ─┤

@@ -203,19 +203,19 @@ func (k *Kubelet) startPod(ctx context.Context, key string, pod *v1.Pod, node No
 		return nil, err
 	}
 	// A namespace left by an earlier kubelet process is stale.
-	if err := deletePodNetwork(ctx, pod.UID); err != nil {
+	if err := k.topo.deletePodNetwork(ctx, pod.UID); err != nil {
 		k.release(node, ip)
 		return nil, err
 	}
-	podNet, err := createPodNetwork(ctx, node, pod.UID, ip)
+	podNet, err := k.topo.createPodNetwork(ctx, node, pod.UID, ip)
 	if err != nil {
 		k.release(node, ip)
-		return nil, errors.Join(err, deletePodNetwork(ctx, pod.UID))
+		return nil, errors.Join(err, k.topo.deletePodNetwork(ctx, pod.UID))
 	}
 	echo, err := StartEcho(podNet, pod.Name, echoPorts(pod))
 	if err != nil {
 		k.release(node, ip)
-		return nil, errors.Join(err, deletePodNetwork(ctx, pod.UID))
+		return nil, errors.Join(err, k.topo.deletePodNetwork(ctx, pod.UID))
 	}
 	probeCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	rp := &runningPod{uid: pod.UID, node: node, ip: ip, echo: echo, stop: stop, start: metav1.Now()}
@@ -267,7 +267,7 @@ func (k *Kubelet) stopPod(ctx context.Context, key string) error {
 	// the pod's closed sockets, which would look like nftproxy's reject.
 	err := deletePodLink(ctx, rp.node, rp.uid)
 	rp.echo.Close()
-	err = errors.Join(err, deletePodNetwork(ctx, rp.uid))
+	err = errors.Join(err, k.topo.deletePodNetwork(ctx, rp.uid))
 	k.release(rp.node, rp.ip)
 	klog.FromContext(ctx).V(2).Info("Stopped pod", "pod", key, "node", rp.node.Name, "ip", rp.ip)
 	return err

@@ -16,25 +16,20 @@ import (
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
-// Prefix starts the name of every network namespace the harness creates;
-// Down deletes all namespaces whose name starts with it.
-const Prefix = "nftproxy-e2e-"
-
 // NS is a named network namespace, as listed by "ip netns list". Unlike
 // internal/testnet's, it is not tied to a test: the harness also runs from a
 // command, and Down finds namespaces by name.
 type NS struct {
-	// Name is the full name, starting with Prefix.
+	// Name is the full name, starting with its Network's Prefix.
 	Name string
 }
 
-// createNS adds the namespace Prefix+suffix and brings its loopback up.
-func createNS(ctx context.Context, suffix string) (NS, error) {
-	ns := NS{Name: Prefix + suffix}
+// Create adds the namespace and brings its loopback up.
+func (ns NS) Create(ctx context.Context) error {
 	if err := run(ctx, "ip", "netns", "add", ns.Name); err != nil {
-		return ns, err
+		return err
 	}
-	return ns, ns.Run(ctx, "ip", "link", "set", "lo", "up")
+	return ns.IP(ctx, "link", "set", "lo", "up")
 }
 
 // Run runs a command inside the namespace ("ip netns exec"). Its error
@@ -46,7 +41,7 @@ func (ns NS) Run(ctx context.Context, args ...string) error {
 
 // Output is Run returning the command's standard output.
 func (ns NS) Output(ctx context.Context, args ...string) (string, error) {
-	return output(ctx, append([]string{"ip", "netns", "exec", ns.Name}, args...)...)
+	return Output(ctx, append([]string{"ip", "netns", "exec", ns.Name}, args...)...)
 }
 
 // IP runs "ip -n <Name> args...", cheaper than Run for ip(8) itself.
@@ -94,7 +89,7 @@ func (ns NS) Delete(ctx context.Context) error {
 		return nil
 	}
 	var errs []error
-	out, err := output(ctx, "ip", "netns", "pids", ns.Name)
+	out, err := Output(ctx, "ip", "netns", "pids", ns.Name)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -114,8 +109,8 @@ func (ns NS) Delete(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// ListNS returns the namespaces whose name starts with Prefix.
-func ListNS() ([]NS, error) {
+// ListNS returns the namespaces whose name starts with prefix.
+func ListNS(prefix string) ([]NS, error) {
 	entries, err := os.ReadDir("/run/netns")
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -125,22 +120,42 @@ func ListNS() ([]NS, error) {
 	}
 	var out []NS
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), Prefix) {
+		if strings.HasPrefix(e.Name(), prefix) {
 			out = append(out, NS{Name: e.Name()})
 		}
 	}
 	return out, nil
 }
 
+// Teardown deletes every namespace whose name starts with prefix, pods'
+// included, killing the processes inside.
+func Teardown(ctx context.Context, prefix string) error {
+	list, err := ListNS(prefix)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ns := range list {
+		if err := ns.Delete(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("delete namespaces: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
 // run runs a command and returns an error carrying its output if it fails.
 func run(ctx context.Context, args ...string) error {
-	_, err := output(ctx, args...)
+	_, err := Output(ctx, args...)
 	return err
 }
 
-// output runs a command and returns its standard output; the error carries
-// standard error.
-func output(ctx context.Context, args ...string) (string, error) {
+// Output runs a command (in the caller's namespace: builds, "ip netns"
+// itself) and returns its standard output; the error carries standard
+// error.
+func Output(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -60,8 +61,8 @@ func registerNode(ctx context.Context, client kubernetes.Interface, n NodeSpec) 
 	return nil
 }
 
-// proxyProcess describes the nftproxy daemon of node n.
-func proxyProcess(paths Paths, n NodeSpec, kubeconfig string, detach bool) (*Process, error) {
+// proxyProcess describes the nftproxy daemon of node n of network.
+func proxyProcess(paths Paths, network Network, n NodeSpec, kubeconfig string, detach bool) (*Process, error) {
 	bin, err := paths.Binary("nftproxy")
 	if err != nil {
 		return nil, err
@@ -72,7 +73,7 @@ func proxyProcess(paths Paths, n NodeSpec, kubeconfig string, detach bool) (*Pro
 		Args: []string{bin, "run",
 			"--kubeconfig", kubeconfig,
 			"--hostname-override", n.Name,
-			"--cluster-cidr", ClusterCIDR.String(),
+			"--cluster-cidr", network.ClusterCIDR.String(),
 			"--min-sync-period", ProxyMinSyncPeriod.String(),
 			"--sync-period", ProxySyncPeriod.String(),
 			"-v=2",
@@ -89,7 +90,7 @@ func (n NodeSpec) ListTable(ctx context.Context) (string, error) {
 
 // waitProxyReady waits until nftproxy on n has programmed the kubernetes
 // Service's ClusterIP, its first sync with the API's objects.
-func waitProxyReady(ctx context.Context, n NodeSpec, p *Process, timeout time.Duration) error {
+func waitProxyReady(ctx context.Context, n NodeSpec, kubernetesIP netip.Addr, p *Process, timeout time.Duration) error {
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		if !p.Running() {
@@ -97,14 +98,10 @@ func waitProxyReady(ctx context.Context, n NodeSpec, p *Process, timeout time.Du
 		}
 		var out string
 		out, last = n.ListTable(ctx)
-		return last == nil && strings.Contains(out, kubernetesServiceIP()), nil
+		return last == nil && strings.Contains(out, kubernetesIP.String()), nil
 	})
 	if err != nil {
 		return fmt.Errorf("wait for %s to program its table (last: %v): %w", p.Name, last, err)
 	}
 	return nil
 }
-
-// kubernetesServiceIP is the ClusterIP the API server gives the kubernetes
-// Service: the first host of ServiceCIDR.
-func kubernetesServiceIP() string { return ServiceCIDR.Masked().Addr().Next().String() }

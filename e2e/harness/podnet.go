@@ -11,7 +11,7 @@ import (
 )
 
 // podNS returns the namespace of the pod with uid.
-func podNS(uid types.UID) NS { return NS{Name: Prefix + "pod-" + string(uid)} }
+func (t Topology) podNS(uid types.UID) NS { return t.Network.NS("pod-" + string(uid)) }
 
 // podLink returns the name of the node's end of the pod's veth pair; it fits
 // the 15 bytes of an interface name.
@@ -26,9 +26,9 @@ func podLink(uid types.UID) string {
 // createPodNetwork creates the pod's namespace and links it to node n, routed:
 // the pod holds ip/32 on eth0 with a default route via the node's gateway,
 // the node a /32 route to ip through the pod's link.
-func createPodNetwork(ctx context.Context, n NodeSpec, uid types.UID, ip netip.Addr) (NS, error) {
-	ns, err := createNS(ctx, podNS(uid).Name[len(Prefix):])
-	if err != nil {
+func (t Topology) createPodNetwork(ctx context.Context, n NodeSpec, uid types.UID, ip netip.Addr) (NS, error) {
+	ns := t.podNS(uid)
+	if err := ns.Create(ctx); err != nil {
 		return ns, fmt.Errorf("create pod netns: %w", err)
 	}
 	link, gw := podLink(uid), n.Gateway().String()
@@ -66,8 +66,8 @@ func deletePodLink(ctx context.Context, n NodeSpec, uid types.UID) error {
 
 // deletePodNetwork deletes the pod's namespace; its veth pair, and with it
 // the node's route, goes too.
-func deletePodNetwork(ctx context.Context, uid types.UID) error {
-	if err := podNS(uid).Delete(ctx); err != nil {
+func (t Topology) deletePodNetwork(ctx context.Context, uid types.UID) error {
+	if err := t.podNS(uid).Delete(ctx); err != nil {
 		return fmt.Errorf("delete pod network: %w", err)
 	}
 	return nil

@@ -26,7 +26,7 @@ const proxyTokenLifetime = 48 * 3600
 // for a token of that ServiceAccount and writes a kubeconfig with it into
 // dir. nftproxy runs with it, so a permission missing from the manifests
 // fails the suite as it would fail a real deployment.
-func applyRBAC(ctx context.Context, client kubernetes.Interface, dir string) (string, error) {
+func applyRBAC(ctx context.Context, client kubernetes.Interface, dir, server string) (string, error) {
 	objs, err := manifests.Objects("rbac.yaml")
 	if err != nil {
 		return "", err
@@ -50,7 +50,7 @@ func applyRBAC(ctx context.Context, client kubernetes.Interface, dir string) (st
 		return "", fmt.Errorf("create token of service account %s/%s: %w", sa.Namespace, sa.Name, err)
 	}
 	path := filepath.Join(dir, "kubeconfig-nftproxy")
-	return path, writeKubeconfig(path, tr.Status.Token)
+	return path, writeKubeconfig(path, server, tr.Status.Token)
 }
 
 // create creates one object of the kinds rbac.yaml holds.

@@ -2,33 +2,9 @@ package harness
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 )
-
-// Addresses of the cluster. They are fixed so that a cluster brought up by
-// hand can be found and torn down by another process.
-var (
-	// LAN is the bridge's subnet.
-	LAN = netip.MustParsePrefix("192.168.77.0/24")
-	// ControlPlaneIP is the control-plane namespace's LAN address, where the
-	// API server listens (APIPort).
-	ControlPlaneIP = netip.MustParseAddr("192.168.77.2")
-	// ClientIP is the outside client's LAN address.
-	ClientIP = netip.MustParseAddr("192.168.77.100")
-	// ClusterCIDR holds every node's pod CIDR.
-	ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
-	// ServiceCIDR is the API server's service-cluster-ip-range.
-	ServiceCIDR = netip.MustParsePrefix("10.96.0.0/16")
-)
-
-// APIPort is the API server's secure port.
-const APIPort = 6443
-
-// NumNodes is the number of node namespaces.
-const NumNodes = 3
 
 // NodeSpec describes one node of the topology.
 type NodeSpec struct {
@@ -48,43 +24,27 @@ type NodeSpec struct {
 // Gateway returns the pods' default gateway, the first address of PodCIDR.
 func (n NodeSpec) Gateway() netip.Addr { return n.PodCIDR.Masked().Addr().Next() }
 
-// Nodes returns the nodes of the topology: nodeN has LAN address
-// 192.168.77.1N, pod CIDR 10.244.N.0/24 and zone zone-a, zone-b...
-func Nodes() []NodeSpec {
-	out := make([]NodeSpec, NumNodes)
-	for i := range out {
-		n := strconv.Itoa(i + 1)
-		out[i] = NodeSpec{
-			Name:    "node" + n,
-			IP:      netip.MustParseAddr("192.168.77.1" + n),
-			PodCIDR: netip.MustParsePrefix("10.244." + n + ".0/24"),
-			Zone:    "zone-" + string(rune('a'+i)),
-			NS:      NS{Name: Prefix + "node" + n},
-		}
-	}
-	return out
-}
-
 // Topology names the namespaces of the cluster's network.
 type Topology struct {
+	Network Network
 	// LAN holds the bridge br0 that joins all the others.
 	LAN NS
 	// ControlPlane runs etcd, kube-apiserver and kube-controller-manager.
 	ControlPlane NS
-	// Client is the outside client: on the LAN, no route to pods.
+	// Client is the outside client: on the LAN, no route to pods. Its
+	// Name is empty when the Network has no ClientIP.
 	Client NS
 	Nodes  []NodeSpec
 }
 
-// NewTopology returns the names of the topology's namespaces; it creates
+// NewTopology returns the names of the network's namespaces; it creates
 // nothing.
-func NewTopology() Topology {
-	return Topology{
-		LAN:          NS{Name: Prefix + "lan"},
-		ControlPlane: NS{Name: Prefix + "cp"},
-		Client:       NS{Name: Prefix + "client"},
-		Nodes:        Nodes(),
+func NewTopology(n Network) Topology {
+	t := Topology{Network: n, LAN: n.NS("lan"), ControlPlane: n.NS("cp"), Nodes: n.Nodes()}
+	if n.ClientIP.IsValid() {
+		t.Client = n.NS("client")
 	}
+	return t
 }
 
 // Node returns the node named name.
@@ -97,10 +57,14 @@ func (t Topology) Node(name string) (NodeSpec, bool) {
 	return NodeSpec{}, false
 }
 
-// build creates the namespaces, the bridge and the routes.
-func (t Topology) build(ctx context.Context) error {
-	for _, ns := range append([]NS{t.LAN, t.ControlPlane, t.Client}, t.nodeNS()...) {
-		if _, err := createNS(ctx, ns.Name[len(Prefix):]); err != nil {
+// Build creates the namespaces, the bridge and the routes.
+func (t Topology) Build(ctx context.Context) error {
+	namespaces := []NS{t.LAN, t.ControlPlane}
+	if t.Client.Name != "" {
+		namespaces = append(namespaces, t.Client)
+	}
+	for _, ns := range append(namespaces, t.nodeNS()...) {
+		if err := ns.Create(ctx); err != nil {
 			return fmt.Errorf("create netns: %w", err)
 		}
 	}
@@ -110,15 +74,16 @@ func (t Topology) build(ctx context.Context) error {
 	if err := t.LAN.IP(ctx, "link", "set", "br0", "up"); err != nil {
 		return fmt.Errorf("set bridge up: %w", err)
 	}
-	bits := strconv.Itoa(LAN.Bits())
-	if err := t.attach(ctx, t.ControlPlane, "lan-cp", ControlPlaneIP.String()+"/"+bits); err != nil {
+	if err := t.Attach(ctx, t.ControlPlane, "lan-cp", t.Network.ControlPlaneIP); err != nil {
 		return err
 	}
-	if err := t.attach(ctx, t.Client, "lan-client", ClientIP.String()+"/"+bits); err != nil {
-		return err
+	if t.Client.Name != "" {
+		if err := t.Attach(ctx, t.Client, "lan-client", t.Network.ClientIP); err != nil {
+			return err
+		}
 	}
 	for _, n := range t.Nodes {
-		if err := t.setupNode(ctx, n, bits); err != nil {
+		if err := t.setupNode(ctx, n); err != nil {
 			return fmt.Errorf("set up %s: %w", n.Name, err)
 		}
 	}
@@ -140,9 +105,10 @@ func (t Topology) nodeNS() []NS {
 	return out
 }
 
-// attach links ns to the bridge by a veth pair whose bridge end is lanSide
-// and whose other end, created directly inside ns, is eth0 with addr.
-func (t Topology) attach(ctx context.Context, ns NS, lanSide, addr string) error {
+// Attach links ns to the bridge by a veth pair whose bridge end is lanSide
+// (at most 15 bytes) and whose other end, created directly inside ns, is
+// eth0 with addr on the LAN.
+func (t Topology) Attach(ctx context.Context, ns NS, lanSide string, addr netip.Addr) error {
 	steps := []struct {
 		ns   NS
 		args []string
@@ -150,7 +116,7 @@ func (t Topology) attach(ctx context.Context, ns NS, lanSide, addr string) error
 		{t.LAN, []string{"link", "add", "name", lanSide, "type", "veth", "peer", "name", "eth0", "netns", ns.Name}},
 		{t.LAN, []string{"link", "set", lanSide, "master", "br0", "up"}},
 		{ns, []string{"link", "set", "eth0", "up"}},
-		{ns, []string{"addr", "add", addr, "dev", "eth0"}},
+		{ns, []string{"addr", "add", netip.PrefixFrom(addr, t.Network.LAN.Bits()).String(), "dev", "eth0"}},
 	}
 	for _, s := range steps {
 		if err := s.ns.IP(ctx, s.args...); err != nil {
@@ -162,7 +128,7 @@ func (t Topology) attach(ctx context.Context, ns NS, lanSide, addr string) error
 
 // setupNode attaches a node to the LAN, makes it a router for its pods and
 // routes the other nodes' pod CIDRs via their LAN addresses.
-func (t Topology) setupNode(ctx context.Context, n NodeSpec, bits string) error {
+func (t Topology) setupNode(ctx context.Context, n NodeSpec) error {
 	// Set "default" before links exist so that new links inherit it. Tests
 	// send many packets in quick succession: ICMP errors (port unreachable
 	// for rejected UDP) must not be eaten by the per-host rate limit, nor
@@ -174,7 +140,7 @@ func (t Topology) setupNode(ctx context.Context, n NodeSpec, bits string) error 
 		"net.ipv4.conf.default.send_redirects=0"); err != nil {
 		return fmt.Errorf("set sysctls: %w", err)
 	}
-	if err := t.attach(ctx, n.NS, "lan-"+n.Name, n.IP.String()+"/"+bits); err != nil {
+	if err := t.Attach(ctx, n.NS, "lan-"+n.Name, n.IP); err != nil {
 		return err
 	}
 	if err := n.NS.IP(ctx, "addr", "add", n.Gateway().String()+"/32", "dev", "lo"); err != nil {
@@ -192,25 +158,6 @@ func (t Topology) setupNode(ctx context.Context, n NodeSpec, bits string) error 
 		if err := n.NS.IP(ctx, "route", "add", o.PodCIDR.String(), "via", o.IP.String()); err != nil {
 			return fmt.Errorf("route pods of %s: %w", o.Name, err)
 		}
-	}
-	return nil
-}
-
-// teardown deletes every namespace whose name starts with Prefix, pods'
-// included, killing the processes inside.
-func teardown(ctx context.Context) error {
-	list, err := ListNS()
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, ns := range list {
-		if err := ns.Delete(ctx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("delete namespaces: %w", errors.Join(errs...))
 	}
 	return nil
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // PodNS returns the network namespace the kubelet made for pod.
-func PodNS(pod *v1.Pod) NS { return podNS(pod.UID) }
+func (t Topology) PodNS(pod *v1.Pod) NS { return t.podNS(pod.UID) }
 
 // Dial connects from the namespace to an echo server at addr over proto (TCP
 // or UDP) and returns its reply: which pod answered and the client address
