@@ -73,8 +73,9 @@ func startControlPlane(ctx context.Context, paths harness.Paths, stateDir, logDi
 		// 10k services and slices outgrow the 2 GiB default quota's comfort.
 		EtcdArgs: []string{"--quota-backend-bytes", strconv.Itoa(8 << 30)},
 		// The loaders write with 64 workers at once.
-		APIServerArgs: []string{"--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "1000"},
-		QPS:           5000, Burst: 10000, UserAgent: "nftproxy-bench",
+		APIServerArgs: []string{"--max-requests-inflight", "1000", "--max-mutating-requests-inflight", "1000",
+			"--disable-admission-plugins", "ServiceAccount"},
+		QPS: 5000, Burst: 10000, UserAgent: "nftproxy-bench",
 		ReadyTimeout: 2 * time.Minute,
 	}, false)
 	if err != nil {

@@ -21,8 +21,9 @@ type ControlPlane struct {
 	Etcd      *Process
 	APIServer *Process
 	// ControllerManager is nil when ControlPlaneOptions.Controllers is
-	// empty.
+	// empty, Scheduler unless ControlPlaneOptions.Scheduler.
 	ControllerManager *Process
+	Scheduler         *Process
 	// Config reaches the API server from inside the control-plane namespace.
 	Config       *rest.Config
 	readyTimeout time.Duration
@@ -37,6 +38,8 @@ type ControlPlaneOptions struct {
 	// EtcdArgs, APIServerArgs and ControllerManagerArgs are added to each
 	// process's flags.
 	EtcdArgs, APIServerArgs, ControllerManagerArgs []string
+	// Scheduler runs kube-scheduler, for pods that real kubelets run.
+	Scheduler bool
 	// QPS and Burst bound Config's requests; UserAgent names them.
 	QPS       float32
 	Burst     int
@@ -58,7 +61,10 @@ func DefaultControlPlaneOptions() ControlPlaneOptions {
 			"--kube-api-burst", "400",
 			"--concurrent-service-endpoint-syncs", "10",
 		},
-		QPS: 200, Burst: 400, UserAgent: "nftproxy-e2e",
+		// No controller creates the default ServiceAccounts pods would
+		// need; pods here run no code that talks to the API.
+		APIServerArgs: []string{"--disable-admission-plugins", "ServiceAccount"},
+		QPS:           200, Burst: 400, UserAgent: "nftproxy-e2e",
 	}
 }
 
@@ -69,6 +75,9 @@ func NewControlPlane(paths Paths, n Network, ns NS, creds Credentials, opts Cont
 	names := []string{"etcd", "kube-apiserver"}
 	if len(opts.Controllers) > 0 {
 		names = append(names, "kube-controller-manager")
+	}
+	if opts.Scheduler {
+		names = append(names, "kube-scheduler")
 	}
 	for _, name := range names {
 		path, err := paths.Binary(name)
@@ -101,9 +110,6 @@ func NewControlPlane(paths Paths, n Network, ns NS, creds Credentials, opts Cont
 			"--service-account-issuer", "https://kubernetes.default.svc",
 			"--token-auth-file", creds.TokenFile,
 			"--authorization-mode", "RBAC",
-			// No controller creates the default ServiceAccounts pods would
-			// need; pods here run no code that talks to the API.
-			"--disable-admission-plugins", "ServiceAccount",
 			"--profiling=false",
 			"-v", "1"}, opts.APIServerArgs...)...),
 		Config:       restConfig(n, ns, creds.Token, opts),
@@ -119,6 +125,9 @@ func NewControlPlane(paths Paths, n Network, ns NS, creds Credentials, opts Cont
 			"--leader-elect=false",
 			"--secure-port", "0",
 			"-v", "1"}, opts.ControllerManagerArgs...)...)
+	}
+	if opts.Scheduler {
+		cp.Scheduler = proc("kube-scheduler", "--kubeconfig", creds.Kubeconfig, "--leader-elect=false", "-v", "1")
 	}
 	return cp, nil
 }
@@ -138,7 +147,7 @@ func restConfig(n Network, ns NS, token string, opts ControlPlaneOptions) *rest.
 }
 
 // Start starts etcd, then the API server, and waits until the API server is
-// ready; then it starts the controller manager.
+// ready; then it starts the controller manager and the scheduler.
 func (cp *ControlPlane) Start(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(cp.Etcd.LogPath()), 0o755); err != nil {
 		return fmt.Errorf("create log dir: %w", err)
@@ -149,10 +158,15 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 	if err := cp.StartAPIServer(ctx); err != nil {
 		return err
 	}
-	if cp.ControllerManager == nil {
-		return nil
+	for _, p := range []*Process{cp.ControllerManager, cp.Scheduler} {
+		if p == nil {
+			continue
+		}
+		if err := p.Start(ctx); err != nil {
+			return err
+		}
 	}
-	return cp.ControllerManager.Start(ctx)
+	return nil
 }
 
 // StartAPIServer starts the API server and waits until it is ready.
@@ -185,9 +199,9 @@ func (cp *ControlPlane) WaitReady(ctx context.Context, timeout time.Duration) er
 	return nil
 }
 
-// Stop stops the controller manager, the API server and etcd.
+// Stop stops the scheduler, the controller manager, the API server and etcd.
 func (cp *ControlPlane) Stop(ctx context.Context) error {
-	for _, p := range []*Process{cp.ControllerManager, cp.APIServer, cp.Etcd} {
+	for _, p := range []*Process{cp.Scheduler, cp.ControllerManager, cp.APIServer, cp.Etcd} {
 		if p == nil {
 			continue
 		}

@@ -32,6 +32,10 @@ type Process struct {
 	Detach bool
 	// LogDir is where the log file goes.
 	LogDir string
+	// Direct runs Args as they are, for a program that enters its
+	// namespaces itself (a real node's, with nsenter: "ip netns exec"
+	// remounts /sys and hides the cgroups a kubelet needs).
+	Direct bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -59,6 +63,9 @@ func (p *Process) Start(ctx context.Context) error {
 	fmt.Fprintf(log, "%s %s: %q in netns %s\n", startMarker, time.Now().Format(time.RFC3339Nano), p.Args, p.NS.Name)
 	// Not CommandContext: the process lives until Stop, not until ctx ends.
 	cmd := exec.Command("ip", append([]string{"netns", "exec", p.NS.Name}, p.Args...)...)
+	if p.Direct {
+		cmd = exec.Command(p.Args[0], p.Args[1:]...)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	if p.Detach {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

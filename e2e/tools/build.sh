@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# build.sh builds the control-plane binaries the e2e suite runs (etcd,
-# kube-apiserver, kube-controller-manager, kube-proxy) and links them into
+# build.sh builds the Kubernetes binaries the e2e suites run (etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy,
+# kubelet, kubectl) and links them into
 # .cache/bin at the repository root. They are pinned by the go.mod/go.sum of
 # e2e/tools and e2e/tools/etcd, so they are built once per version (and Go
 # version) into a folder outside the clone, keyed by a hash of those files:
@@ -12,7 +13,7 @@ set -euo pipefail
 tools=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$tools/../.." && pwd)
 bin="$root/.cache/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-proxy)
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubectl)
 
 want=$( { go version; cat "$tools/go.mod" "$tools/go.sum" "$tools/etcd/go.mod" "$tools/etcd/go.sum"; } | sha256sum | cut -d' ' -f1)
 store="${NFTPROXY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nftproxy}/tools/${want:0:16}"
@@ -45,11 +46,14 @@ flags=(-trimpath -ldflags=-s\ -w)
 start=$SECONDS
 echo "e2e tools: building etcd"
 (cd "$tools/etcd" && go build "${flags[@]}" -o "$store/etcd" go.etcd.io/etcd/server/v3)
-echo "e2e tools: building kube-apiserver, kube-controller-manager, kube-proxy"
+echo "e2e tools: building kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet, kubectl"
 (cd "$tools" && go build "${flags[@]}" -o "$store/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kube-proxy)
+	k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kube-proxy \
+	k8s.io/kubernetes/cmd/kubelet \
+	k8s.io/kubernetes/cmd/kubectl)
 echo "$want" >"$stamp"
 link
 echo "e2e tools: built in $((SECONDS - start))s into $store"

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# run.sh runs nftproxy on a cluster of real nodes (see doc.go): it installs
+# the Debian packages a node needs (containerd, runc, the CNI plugins,
+# podman for the images) when missing, builds the Kubernetes binaries
+# (e2e/tools/build.sh, cached by version outside the clone), then the test
+# brings the cluster up, deploys nftproxy from manifests/ through
+# e2e/realnode/overlay and checks it with real pods, and tears the cluster
+# down whatever happens. Run it as root; extra arguments go to go test.
+#
+#   e2e/realnode/run.sh        the suite
+#   e2e/realnode/run.sh down   tear down what a killed run left
+#
+# Touches nothing outside the nftproxy-rn-* network namespaces, the nodes'
+# cgroups (/sys/fs/cgroup/*/nftproxy-rn-node*) and .cache/realnode.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[[ $(id -u) == 0 ]] || { echo "realnode: run as root" >&2; exit 1; }
+
+if [[ ${1:-} == down ]]; then
+	exec go run ./e2e/realnode/cmd/realnode-down
+fi
+
+need=()
+for tool in containerd:containerd runc:runc ctr:containerd podman:podman unshare:util-linux nsenter:util-linux ip:iproute2 nft:nftables; do
+	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+[[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || need+=(containernetworking-plugins)
+if ((${#need[@]})); then
+	log=$(mktemp)
+	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends "${need[@]}" netavark; } >"$log" 2>&1 ||
+		{ cat "$log" >&2; exit 1; }
+	rm -f "$log"
+fi
+
+bash e2e/tools/build.sh
+go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
+.cache/bin/realnode-down
+trap '.cache/bin/realnode-down || true' EXIT
+
+start=$SECONDS
+go test -tags realnode ./e2e/realnode -count=1 -timeout 20m -v "$@"
+echo "realnode: suite ran in $((SECONDS - start))s; logs in .cache/realnode/logs"
