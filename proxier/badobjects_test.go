@@ -445,7 +445,7 @@ func (k *applyRecorder) Apply(ctx context.Context, p *nft.Plan) error {
 	k.attempts++
 	k.lastErr = err
 	if err == nil {
-		k.last = k.Fake.Table
+		k.last = k.Fake.Table()
 		k.applied++
 	}
 	return err

@@ -300,7 +300,7 @@ func TestConntrackReconciledAfterFailedSync(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A sync that fails: the kernel may hold either table now.
-	kernel.Fail = func(*nft.Plan) error { return errors.New("netlink: lost acknowledgements") }
+	kernel.SetFail(func(*nft.Plan) error { return errors.New("netlink: lost acknowledgements") })
 	p.SetEndpointSlice(slice("10.244.1.6"))
 	if err := p.Sync(ctx); err == nil {
 		t.Fatal("sync did not fail")
@@ -308,7 +308,7 @@ func TestConntrackReconciledAfterFailedSync(t *testing.T) {
 	if len(ct.filters) != 0 || len(ct.reconciled) != 1 {
 		t.Fatalf("after the failed sync: deleted %v, reconciled %v; want nothing new", ct.filters, ct.reconciled)
 	}
-	kernel.Fail = nil
+	kernel.SetFail(nil)
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}

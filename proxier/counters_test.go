@@ -146,7 +146,7 @@ func TestPartialSyncCounters(t *testing.T) {
 	for _, c := range p.state.leftovers() {
 		want.AddChain(c)
 	}
-	if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
+	if got, want := canonical(kernel.Table(), want), canonical(want, want); got != want {
 		t.Fatalf("kernel differs from a fresh build:\n%s", lineDiff(want, got))
 	}
 }

@@ -17,12 +17,13 @@ import (
 func TestHealthFollowsKubeProxy(t *testing.T) {
 	_, ctx := ktesting.NewTestContext(t)
 	fail := false
-	fake := &nft.Fake{Fail: func(*nft.Plan) error {
+	fake := &nft.Fake{}
+	fake.SetFail(func(*nft.Plan) error {
 		if fail {
 			return errors.New("injected")
 		}
 		return nil
-	}}
+	})
 	p := newTestProxier(t, fake, func(c *Config) { c.SyncPeriod = time.Minute })
 	get := func(path string) int {
 		rec := httptest.NewRecorder()

@@ -125,12 +125,12 @@ func checkIncremental(t *testing.T, cfg Config, seed uint64, steps int) (partial
 		for _, c := range p.state.leftovers() {
 			want.AddChain(c)
 		}
-		if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
+		if got, want := canonical(kernel.Table(), want), canonical(want, want); got != want {
 			t.Fatalf("seed %d step %d: kernel differs from a fresh build\nlast plan:\n%s\ndiff:\n%s", seed, step, kernel.LastPlan(), lineDiff(want, got))
 		}
 		// The counts the daemon reports follow the kernel without
 		// assembling the table.
-		if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+		if got, want := p.state.objectCounts(), kernel.Table().Count(); got != want {
 			t.Fatalf("seed %d step %d: object counts %+v, the kernel holds %+v", seed, step, got, want)
 		}
 	}
@@ -225,7 +225,7 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 		t.Errorf("plan %+v, want 2 elements added, 1 deleted, 1 chain added:\n%s", stats, plan)
 	}
 	want := Build(logr.Discard(), testConfig(), recorded(p, nil))
-	if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
+	if got, want := canonical(kernel.Table(), want), canonical(want, want); got != want {
 		t.Fatalf("kernel differs from a fresh build:\n%s", lineDiff(want, got))
 	}
 	// Deleting the service deletes its elements; the 4-endpoint chain,
@@ -238,7 +238,7 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 	if s := kernel.LastPlan().Stats(); s.ElementsDeleted != 6 || s.ChainsFlushed != 0 {
 		t.Errorf("delete: plan %+v, want 6 elements deleted (ClusterIP, dispatch, 4 slots), no chain flushed", s)
 	}
-	if c := kernel.Table.Chain("lb-v4-4"); c == nil || len(c.Rules) != 1 {
+	if c := kernel.Table().Chain("lb-v4-4"); c == nil || len(c.Rules) != 1 {
 		t.Fatalf("idle chain lb-v4-4 not kept: %+v", c)
 	}
 	p.mu.Lock()
@@ -257,7 +257,7 @@ func TestPartialSyncTouchesOnlyTheChange(t *testing.T) {
 	if s := kernel.LastPlan().Stats(); s.ChainsDeleted != 1 {
 		t.Errorf("next sync: plan %+v, want the flushed chain deleted", s)
 	}
-	if kernel.Table.Chain("lb-v4-4") != nil {
+	if kernel.Table().Chain("lb-v4-4") != nil {
 		t.Error("lb-v4-4 still in the table")
 	}
 }
@@ -301,10 +301,10 @@ func TestPrebuiltFirstSync(t *testing.T) {
 			for _, c := range p.state.leftovers() {
 				want.AddChain(c)
 			}
-			if got, want := canonical(kernel.Table, want), canonical(want, want); got != want {
+			if got, want := canonical(kernel.Table(), want), canonical(want, want); got != want {
 				t.Fatalf("seed %d step %d: kernel differs from a fresh build:\n%s", seed, step, lineDiff(want, got))
 			}
-			if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+			if got, want := p.state.objectCounts(), kernel.Table().Count(); got != want {
 				t.Fatalf("seed %d step %d: object counts %+v, the kernel holds %+v", seed, step, got, want)
 			}
 			moveTo(p, randomState(r.Uint64()), r)
@@ -332,10 +332,10 @@ func TestPrebuiltFirstSyncAfterEndpointCountChange(t *testing.T) {
 	if err := p.Sync(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	if kernel.Table.Chain("lb-v4-2") != nil || kernel.Table.Chain("lb-v4-3") == nil {
-		t.Errorf("chains %v, want lb-v4-3 and no lb-v4-2", chainNames(kernel.Table))
+	if kernel.Table().Chain("lb-v4-2") != nil || kernel.Table().Chain("lb-v4-3") == nil {
+		t.Errorf("chains %v, want lb-v4-3 and no lb-v4-2", chainNames(kernel.Table()))
 	}
-	if got, want := p.state.objectCounts(), kernel.Table.Count(); got != want {
+	if got, want := p.state.objectCounts(), kernel.Table().Count(); got != want {
 		t.Errorf("object counts %+v, the kernel holds %+v", got, want)
 	}
 	// The periodic check finds the table as committed.

@@ -65,7 +65,7 @@ kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_pol
 	}
 	// nftproxy's own figures: the table's objects as the kernel holds
 	// them, and the transaction's size.
-	want := fake.Table.Count()
+	want := fake.Table().Count()
 	for kind, n := range map[string]int{"chains": want.Chains, "rules": want.Rules, "sets": want.Sets, "elements": want.Elements} {
 		if got := testutil.ToFloat64(p.metrics.tableObjects.WithLabelValues(kind)); got != float64(n) {
 			t.Errorf("nftproxy_table_objects{kind=%q} = %v, the table holds %d", kind, got, n)

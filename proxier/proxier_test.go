@@ -74,7 +74,7 @@ func TestSyncAppliesChangesIncrementally(t *testing.T) {
 	if err := p.Sync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := elements(fake.Table, "service-ips-v4"); got != nil {
+	if got := elements(fake.Table(), "service-ips-v4"); got != nil {
 		t.Errorf("deleted service still programmed: %v", got)
 	}
 }
@@ -84,19 +84,20 @@ func TestFailedApplyIsRetriedWithFullReplace(t *testing.T) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var failures atomic.Int32
-	fake := &nft.Fake{Fail: func(*nft.Plan) error {
+	fake := &nft.Fake{}
+	fake.SetFail(func(*nft.Plan) error {
 		if failures.Add(1) <= 2 {
 			return errors.New("injected: kernel refused the transaction")
 		}
 		return nil
-	}}
+	})
 	p := newTestProxier(t, fake, nil)
 	p.SetService(makeService("default", "web", "10.96.0.10"))
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
 	eventually(t, "the rules to be applied after two failures", func() bool { return fake.LastPlan() != nil })
-	if fake.Attempts != 3 {
-		t.Errorf("applied after %d attempts, want 3", fake.Attempts)
+	if fake.Attempts() != 3 {
+		t.Errorf("applied after %d attempts, want 3", fake.Attempts())
 	}
 	if !fake.LastPlan().Replace {
 		t.Error("after a failed apply the next sync must replace the whole table")
@@ -117,22 +118,22 @@ func TestPeriodicResyncRepairsDrift(t *testing.T) {
 	eventually(t, "the first sync", func() bool { return fake.LastPlan() != nil })
 
 	// Someone flushes a chain behind nftproxy's back.
-	tampered := *fake.Table
-	tampered.Chains = append([]*nft.Chain{{Name: "services"}}, fake.Table.Chains...)[:len(fake.Table.Chains)]
-	for i, c := range fake.Table.Chains {
+	tampered := *fake.Table()
+	tampered.Chains = append([]*nft.Chain{{Name: "services"}}, fake.Table().Chains...)[:len(fake.Table().Chains)]
+	for i, c := range fake.Table().Chains {
 		if c.Name == "services" {
 			tampered.Chains[i] = &nft.Chain{Name: "services"}
 		} else {
 			tampered.Chains[i] = c
 		}
 	}
-	plans := len(fake.Plans)
-	fake.Table = &tampered
+	plans := len(fake.Plans())
+	fake.SetTable(&tampered)
 	eventually(t, "a repairing full replace", func() bool {
 		last := fake.LastPlan()
-		return len(fake.Plans) > plans && last.Replace
+		return len(fake.Plans()) > plans && last.Replace
 	})
-	if got := len(fake.Table.Chain("services").Rules); got == 0 {
+	if got := len(fake.Table().Chain("services").Rules); got == 0 {
 		t.Error("services chain still empty after repair")
 	}
 	cancel()
@@ -149,17 +150,17 @@ func TestStaleChainsAreDeletedByTheNextSync(t *testing.T) {
 	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.1.6")))
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
-	eventually(t, "lb-v4-2 to exist", func() bool { return fake.LastPlan() != nil && fake.Table.Chain("lb-v4-2") != nil })
+	eventually(t, "lb-v4-2 to exist", func() bool { return fake.LastPlan() != nil && fake.Table().Chain("lb-v4-2") != nil })
 
 	// Unused, lb-v4-2 stays idle until the periodic resync flushes it.
 	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5")))
 	eventually(t, "lb-v4-2 to be flushed", func() bool {
-		c := fake.Table.Chain("lb-v4-2")
+		c := fake.Table().Chain("lb-v4-2")
 		return c != nil && len(c.Rules) == 0
 	})
 	// The next sync, for any reason, deletes it.
 	p.SetService(makeService("default", "other", "10.96.0.11"))
-	eventually(t, "lb-v4-2 to be deleted", func() bool { return fake.Table.Chain("lb-v4-2") == nil })
+	eventually(t, "lb-v4-2 to be deleted", func() bool { return fake.Table().Chain("lb-v4-2") == nil })
 	cancel()
 	<-done
 }
@@ -175,7 +176,7 @@ func TestNodePortAddressesFollowTheNode(t *testing.T) {
 		if err := p.Sync(ctx); err != nil {
 			t.Fatal(err)
 		}
-		return elements(fake.Table, "nodeport-ips-v4")
+		return elements(fake.Table(), "nodeport-ips-v4")
 	}
 	if diff := cmp.Diff([]string{"192.168.50.10"}, sync()); diff != "" {
 		t.Errorf("initial (-want +got):\n%s", diff)
