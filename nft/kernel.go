@@ -68,7 +68,7 @@ func (k *Kernel) Apply(ctx context.Context, p *Plan) error {
 		return err
 	}
 	if p.Replace {
-		st, err := k.readTable(p.family, p.table)
+		st, err := k.readOwnership(p.family, p.table)
 		if err != nil {
 			return fmt.Errorf("apply table %s: %w", p.table, err)
 		}
@@ -199,7 +199,7 @@ func (k *Kernel) Delete(ctx context.Context, family Family, name string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	st, err := k.readTable(family, name)
+	st, err := k.readOwnership(family, name)
 	if err != nil || !st.exists {
 		return err
 	}

@@ -89,9 +89,9 @@ func (s tableState) orphan() bool {
 	return s.flags&(tableFlagOwner|tableFlagPersist) == tableFlagPersist
 }
 
-// readTable asks the kernel for the table's flags and owner, on a socket of
+// readOwnership asks the kernel for the table's flags and owner, on a socket of
 // its own: reading an owned table needs no ownership.
-func (k *Kernel) readTable(family Family, name string) (tableState, error) {
+func (k *Kernel) readOwnership(family Family, name string) (tableState, error) {
 	if family != FamilyINet {
 		return tableState{}, fmt.Errorf("unsupported family %q", family)
 	}

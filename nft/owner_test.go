@@ -26,7 +26,7 @@ func ownedKernel(t *testing.T, ns *testnet.NS, o Ownership) *Kernel {
 // stateOf reads the test table's ownership state, failing the test on error.
 func stateOf(t *testing.T, ns *testnet.NS, name string) tableState {
 	t.Helper()
-	st, err := NewKernel(WithNetNS(ns.Fd())).readTable(FamilyINet, name)
+	st, err := NewKernel(WithNetNS(ns.Fd())).readOwnership(FamilyINet, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestOwnedTableSurvivesRestart(t *testing.T) {
 		defer func() { done <- struct{}{} }()
 		reader := NewKernel(WithNetNS(c.Node.Fd()))
 		for loopCtx.Err() == nil {
-			st, err := reader.readTable(FamilyINet, before.Name)
+			st, err := reader.readOwnership(FamilyINet, before.Name)
 			polls.Add(1)
 			if err != nil || !st.exists {
 				missing.Add(1)

@@ -95,9 +95,9 @@ func (pt *Patch) Plan(family Family, table string) *Plan {
 	return p
 }
 
-// DiffElements returns the elements to delete from have and to add from
-// want; an element whose data changed is in both.
-func DiffElements(have, want []Element) (del, add []Element) { return diffElements(have, want) }
+// DiffElements returns the elements to add from want and to delete from
+// have, as DiffCounters does; an element whose data changed is in both.
+func DiffElements(have, want []Element) (add, del []Element) { return diffElements(have, want) }
 
 // ApplyTo returns the table the kernel holds once the plan is applied to t
 // (nil: no table): what the kernel does with the transaction, modelled. t is

@@ -185,7 +185,7 @@ func Diff(have, want *Table) *Plan {
 			}
 			continue
 		}
-		del, add := diffElements(hs.Elements, ws.Elements)
+		add, del := diffElements(hs.Elements, ws.Elements)
 		if len(del) > 0 {
 			delElems = append(delElems, op{kind: opDeleteElements, set: ws, elements: del})
 		}
@@ -246,7 +246,7 @@ func sameRules(a, b []Rule) bool {
 }
 
 func sameElements(a, b []Element) bool {
-	del, add := diffElements(a, b)
+	add, del := diffElements(a, b)
 	return len(del) == 0 && len(add) == 0
 }
 
@@ -263,9 +263,10 @@ func elementID(e Element) string {
 	return string(id)
 }
 
-// diffElements returns the elements to delete from have and to add from want;
-// an element whose data changed is in both.
-func diffElements(have, want []Element) (del, add []Element) {
+// diffElements returns the elements to add from want and to delete from
+// have (in that order, as diffCounters); an element whose data changed is
+// in both.
+func diffElements(have, want []Element) (add, del []Element) {
 	index := make(map[string]int, len(have))
 	for i, e := range have {
 		index[elementID(e)] = i
@@ -284,7 +285,7 @@ func diffElements(have, want []Element) (del, add []Element) {
 			del = append(del, e)
 		}
 	}
-	return del, add
+	return add, del
 }
 
 // String renders the plan as the `nft -f` script of the same transaction.

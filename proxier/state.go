@@ -614,7 +614,7 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 				changed := false
 				for _, k := range keys {
 					o, n := frags(k)
-					d, a := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
+					a, d := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
 					changed = changed || len(d) > 0 || len(a) > 0
 				}
 				if changed {
@@ -650,7 +650,7 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 			default:
 				for _, k := range keys {
 					o, n := frags(k)
-					d, a := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
+					a, d := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
 					del, add = append(del, d...), append(add, a...)
 				}
 			}
