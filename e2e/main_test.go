@@ -3,9 +3,10 @@
 // Package e2e runs nftproxy's end-to-end scenarios against a cluster:
 // by default a local one of network namespaces (package harness: a real
 // control plane, the real nftproxy binary on three nodes, real packets; run
-// it with e2e/run.sh, as root), or with -cluster=kind a real cluster where
-// nftproxy runs as the DaemonSet of manifests/ (package realcluster; run it
-// with e2e/kind/run.sh).
+// it with e2e/run.sh, as root), with -cluster=realnode one of real kubelets
+// on this machine where nftproxy is the DaemonSet of manifests/ (package
+// realnode; e2e/realnode/run.sh), or with -cluster=kind a real cluster
+// elsewhere (package realcluster; run it with e2e/kind/run.sh).
 package e2e
 
 import (
@@ -24,7 +25,7 @@ import (
 )
 
 var (
-	clusterFlag    = flag.String("cluster", "local", `where the scenarios run: "local" (network namespaces on this machine, as root) or "kind" (the real cluster of -kubeconfig)`)
+	clusterFlag    = flag.String("cluster", "local", `where the scenarios run: "local" (network namespaces on this machine, as root), "realnode" (real kubelets on this machine, as root: e2e/realnode/run.sh) or "kind" (the real cluster of -kubeconfig)`)
 	kubeconfigFlag = flag.String("kubeconfig", "", "with -cluster=kind: the admin kubeconfig (default $KUBECONFIG, then ~/.kube/config)")
 	imageFlag      = flag.String("image", realcluster.DefaultImage, "with -cluster=kind: the test pods' image (agnhost)")
 )
@@ -43,8 +44,11 @@ func TestE2E(t *testing.T) {
 		c = localCluster{startCluster(t)}
 	case "kind":
 		c = connectKind(t)
+	case "realnode":
+		testnet.RequireRoot(t)
+		c = startRealNodes(t)
 	default:
-		t.Fatalf("-cluster=%q: want local or kind", *clusterFlag)
+		t.Fatalf("-cluster=%q: want local, kind or realnode", *clusterFlag)
 	}
 	if n := len(c.Nodes()); n < minNodes {
 		t.Fatalf("the cluster has %d nodes, the scenarios need %d", n, minNodes)

@@ -38,27 +38,35 @@ type Echo struct {
 
 // StartEcho starts the servers of the pod name in ns, ready.
 func StartEcho(ns NS, name string, ports []int) (*Echo, error) {
+	var e *Echo
+	err := ns.Do(func() error {
+		var err error
+		e, err = ListenEcho(name, ports)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start echo servers of %s in netns %s: %w", name, ns.Name, err)
+	}
+	return e, nil
+}
+
+// ListenEcho starts the servers of the pod name, ready, in the network
+// namespace of the calling thread: the real-node cluster's echo image runs
+// it as its program.
+func ListenEcho(name string, ports []int) (*Echo, error) {
 	e := &Echo{}
 	e.ready.Store(true)
 	echoPorts := make([]uint16, len(ports))
 	for i, p := range ports {
 		echoPorts[i] = uint16(p)
 	}
-	var health net.Listener
-	err := ns.Do(func() error {
-		var err error
-		health, err = net.Listen("tcp4", ":"+strconv.Itoa(HealthPort))
-		if err != nil {
-			return fmt.Errorf("listen health: %w", err)
-		}
-		if e.echo, err = testnet.ListenEcho(name, echoPorts...); err != nil {
-			health.Close()
-			return err
-		}
-		return nil
-	})
+	health, err := net.Listen("tcp4", ":"+strconv.Itoa(HealthPort))
 	if err != nil {
-		return nil, fmt.Errorf("start echo servers of %s in netns %s: %w", name, ns.Name, err)
+		return nil, fmt.Errorf("listen health: %w", err)
+	}
+	if e.echo, err = testnet.ListenEcho(name, echoPorts...); err != nil {
+		health.Close()
+		return nil, err
 	}
 	e.health = &http.Server{Handler: e.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
 	e.wg.Go(func() { e.health.Serve(health) })

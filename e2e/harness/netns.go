@@ -51,9 +51,15 @@ func (ns NS) IP(ctx context.Context, args ...string) error {
 
 // Do runs fn on the calling goroutine with its OS thread switched into the
 // namespace, then switches back. Sockets fn creates belong to the namespace
-// and may be used from any goroutine afterwards.
+// and may be used from any goroutine afterwards. A Name that is a path
+// (/proc/PID/ns/net, a pod's) is opened as such: Do, Dial and DialContext
+// work in it, the commands of Run and IP do not.
 func (ns NS) Do(fn func() error) error {
-	h, err := netns.GetFromName(ns.Name)
+	open := netns.GetFromName
+	if strings.HasPrefix(ns.Name, "/") {
+		open = netns.GetFromPath
+	}
+	h, err := open(ns.Name)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", ns.Name, err)
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 )
 
@@ -23,17 +25,23 @@ var errNoProxyPod = errors.New("no running nftproxy pod")
 // the pod the DaemonSet controller makes in its place is ready, which
 // nftproxy's /readyz says after its first sync.
 func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
-	old, err := c.proxyPod(ctx, node, "")
+	return RestartProxy(ctx, c.Client, c.opts.ProxyNamespace, node, c.poll, c.opts.StartTimeout)
+}
+
+// RestartProxy restarts the nftproxy pod of the DaemonSet in namespace on
+// node, polling every poll for up to timeout for its successor to be ready.
+func RestartProxy(ctx context.Context, client kubernetes.Interface, namespace, node string, poll, timeout time.Duration) error {
+	old, err := proxyPod(ctx, client, namespace, node, "")
 	if err != nil {
 		return fmt.Errorf("restart nftproxy on %s: %w", node, err)
 	}
-	if err := c.Client.CoreV1().Pods(old.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+	if err := client.CoreV1().Pods(old.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("restart nftproxy on %s: delete pod %s: %w", node, old.Name, err)
 	}
 	klog.FromContext(ctx).V(2).Info("Deleted nftproxy pod", "pod", klog.KObj(old), "node", node)
 	var last error
-	err = wait.PollUntilContextTimeout(ctx, c.poll, c.opts.StartTimeout, true, func(ctx context.Context) (bool, error) {
-		pod, err := c.proxyPod(ctx, node, old.UID)
+	err = wait.PollUntilContextTimeout(ctx, poll, timeout, true, func(ctx context.Context) (bool, error) {
+		pod, err := proxyPod(ctx, client, namespace, node, old.UID)
 		last = err
 		return err == nil && IsReady(pod), nil
 	})
@@ -45,8 +53,8 @@ func (c *Cluster) RestartProxy(ctx context.Context, node string) error {
 
 // proxyPod returns the nftproxy pod on node that is not being deleted,
 // other than the one with uid not.
-func (c *Cluster) proxyPod(ctx context.Context, node string, not types.UID) (*v1.Pod, error) {
-	list, err := c.Client.CoreV1().Pods(c.opts.ProxyNamespace).List(ctx, metav1.ListOptions{
+func proxyPod(ctx context.Context, client kubernetes.Interface, namespace, node string, not types.UID) (*v1.Pod, error) {
+	list, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{
 		LabelSelector: proxySelector,
 		FieldSelector: "spec.nodeName=" + node,
 	})
@@ -61,5 +69,5 @@ func (c *Cluster) proxyPod(ctx context.Context, node string, not types.UID) (*v1
 			return p, nil
 		}
 	}
-	return nil, fmt.Errorf("%w on %s in namespace %s", errNoProxyPod, node, c.opts.ProxyNamespace)
+	return nil, fmt.Errorf("%w on %s in namespace %s", errNoProxyPod, node, namespace)
 }

@@ -43,35 +43,19 @@ func TestRealNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := filepath.Dir(filepath.Dir(paths.Bin))
 	start := time.Now()
-	images, err := BuildImages(ctx, root, filepath.Join(filepath.Dir(paths.State), "images"))
+	c, err := Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)))
+	if c != nil {
+		t.Cleanup(func() {
+			if err := c.Down(context.Background()); err != nil {
+				t.Errorf("tear down: %v", err)
+			}
+		})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("images built in %v", time.Since(start).Round(time.Millisecond))
-	start = time.Now()
-	c, err := Up(ctx, images, PauseImage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if os.Getenv("REALNODE_KEEP") != "" {
-			t.Logf("REALNODE_KEEP set: the cluster stays up (kubeconfig %s); tear it down with e2e/realnode/run.sh down", c.Credentials.Kubeconfig)
-			return
-		}
-		if err := c.Down(context.Background()); err != nil {
-			t.Errorf("tear down: %v", err)
-		}
-	})
-	t.Logf("cluster up in %v", time.Since(start).Round(time.Millisecond))
-
-	start = time.Now()
-	if out, err := c.Kubectl(ctx, "apply", "-k", filepath.Join(root, "e2e", "realnode", "overlay")); err != nil {
-		t.Fatalf("deploy nftproxy: %v\n%s", err, out)
-	}
-	waitDaemonSetReady(ctx, t, c)
-	t.Logf("nftproxy DaemonSet ready on %d nodes in %v", NumNodes, time.Since(start).Round(time.Millisecond))
+	t.Logf("images built, cluster up and nftproxy ready on %d nodes in %v", NumNodes, time.Since(start).Round(time.Millisecond))
 
 	svc := deployEcho(ctx, t, c)
 	clusterIP := netip.MustParseAddr(svc.Spec.ClusterIP)
@@ -125,26 +109,6 @@ func podNetns(name string) (netns.NsHandle, error) {
 		return netns.GetFromPid(pid)
 	}
 	return 0, fmt.Errorf("no process of pod %s", name)
-}
-
-// waitDaemonSetReady waits until nftproxy's DaemonSet has a ready pod on
-// every node.
-func waitDaemonSetReady(ctx context.Context, t *testing.T, c *Cluster) {
-	t.Helper()
-	var last string
-	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		ds, err := c.Client.AppsV1().DaemonSets("nftproxy").Get(ctx, "nftproxy", metav1.GetOptions{})
-		if err != nil {
-			last = err.Error()
-			return false, nil
-		}
-		last = fmt.Sprintf("desired %d, ready %d", ds.Status.DesiredNumberScheduled, ds.Status.NumberReady)
-		return ds.Status.NumberReady == NumNodes, nil
-	})
-	if err != nil {
-		out, _ := c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
-		t.Fatalf("nftproxy DaemonSet not ready (%s): %v\n%s", last, err, out)
-	}
 }
 
 // deployEcho creates an echo pod on each node and a NodePort Service over

@@ -2,10 +2,11 @@
 # run.sh runs nftproxy on a cluster of real nodes (see doc.go): it installs
 # the Debian packages a node needs (containerd, runc, the CNI plugins,
 # podman for the images) when missing, builds the Kubernetes binaries
-# (e2e/tools/build.sh, cached by version outside the clone), then the test
+# (e2e/tools/build.sh, cached by version outside the clone), then each suite
 # brings the cluster up, deploys nftproxy from manifests/ through
-# e2e/realnode/overlay and checks it with real pods, and tears the cluster
-# down whatever happens. Run it as root; extra arguments go to go test.
+# e2e/realnode/overlay and checks it with real pods (TestRealNodes, then the
+# e2e scenarios with -cluster=realnode), and tears the cluster down whatever
+# happens. Run it as root; extra arguments go to both go test runs.
 #
 #   e2e/realnode/run.sh        the suite
 #   e2e/realnode/run.sh down   tear down what a killed run left
@@ -39,5 +40,10 @@ go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
 trap '.cache/bin/realnode-down || true' EXIT
 
 start=$SECONDS
-go test -tags realnode ./e2e/realnode -count=1 -timeout 20m -v "$@"
-echo "realnode: suite ran in $((SECONDS - start))s; logs in .cache/realnode/logs"
+status=0
+# The smoke test (DaemonSet ready, traffic from outside, a node and a pod),
+# then the e2e scenarios on a cluster of their own (-cluster=realnode).
+go test -tags realnode ./e2e/realnode -count=1 -timeout 20m -v "$@" || status=$?
+go test -tags e2e ./e2e -run TestE2E -cluster=realnode -count=1 -timeout 20m -v "$@" || status=$?
+echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs"
+exit $status

@@ -1,6 +1,8 @@
-// Command echo is the test pods' server: internal/testnet's TCP and UDP
-// echo servers (each answer "pod=<name> client=<ip>:<port>") on the ports
-// given as arguments (8080 by default), named by $POD_NAME.
+// Command echo is the test pods' server, the e2e harness's (harness.Echo):
+// TCP and UDP echo servers (each answer "pod=<name> client=<ip>:<port>") on
+// the ports given as arguments (8080 by default), named by $POD_NAME, and
+// the HTTP health endpoint on 8081 (GET /healthz, POST /ready, POST
+// /unready) that the readiness probe reads.
 package main
 
 import (
@@ -10,11 +12,11 @@ import (
 	"strconv"
 	"syscall"
 
-	"github.com/nftproxy/nftproxy/internal/testnet"
+	"github.com/nftproxy/nftproxy/e2e/harness"
 )
 
 func main() {
-	ports := []uint16{8080}
+	ports := []int{harness.DefaultEchoPort}
 	if len(os.Args) > 1 {
 		ports = nil
 		for _, a := range os.Args[1:] {
@@ -23,10 +25,10 @@ func main() {
 				fmt.Fprintf(os.Stderr, "echo: bad port %q\n", a)
 				os.Exit(2)
 			}
-			ports = append(ports, uint16(p))
+			ports = append(ports, int(p))
 		}
 	}
-	e, err := testnet.ListenEcho(os.Getenv("POD_NAME"), ports...)
+	e, err := harness.ListenEcho(os.Getenv("POD_NAME"), ports)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "echo:", err)
 		os.Exit(1)
