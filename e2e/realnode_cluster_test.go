@@ -53,7 +53,16 @@ func startRealNodes(t *testing.T) realNodeCluster {
 
 func (r realNodeCluster) Client() kubernetes.Interface { return r.c.Client }
 func (r realNodeCluster) ResultsDir() string           { return r.c.Paths.Results }
-func (r realNodeCluster) Local() *harness.Cluster      { return nil }
+
+// Local gives the scenarios that reach into the cluster's processes and
+// namespaces what they need: the nodes' and client's namespaces, the
+// control plane, the binaries.
+func (r realNodeCluster) Local() *harness.Cluster {
+	topo := r.c.Topology
+	topo.Nodes = r.c.Nodes()
+	return &harness.Cluster{Paths: r.c.Paths, Topology: topo, Credentials: r.c.Credentials,
+		ControlPlane: r.c.ControlPlane, Config: r.c.ControlPlane.Config, Client: r.c.Client}
+}
 
 func (r realNodeCluster) Nodes() []clusterNode {
 	var out []clusterNode

@@ -36,6 +36,8 @@ fi
 
 bash e2e/tools/build.sh
 go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
+# The scenarios' dump check runs the binary too (the image is built apart).
+go build -o .cache/bin/nftproxy ./cmd/nftproxy
 .cache/bin/realnode-down
 trap '.cache/bin/realnode-down || true' EXIT
 
