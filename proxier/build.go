@@ -71,6 +71,15 @@ type FlowDestination struct {
 // IsNodePort reports whether d is a NodePort.
 func (d FlowDestination) IsNodePort() bool { return d.Addr.IsUnspecified() }
 
+// nodePortDestination is the FlowDestination of a NodePort in a family.
+func nodePortDestination(proto uint8, ipv6 bool, port uint16) FlowDestination {
+	any := netip.IPv4Unspecified()
+	if ipv6 {
+		any = netip.IPv6Unspecified()
+	}
+	return FlowDestination{Proto: proto, Addr: any, Port: port}
+}
+
 // Build returns the table nftproxy wants for the given objects; see
 // BuildRules.
 func Build(logger klog.Logger, cfg Config, st State) *nft.Table {
@@ -564,10 +573,6 @@ func addFlowEndpoints(flows map[FlowDestination][]netip.AddrPort, sp *servicePor
 		flows[FlowDestination{Proto: sp.proto, Addr: ip, Port: sp.port}] = eps
 	}
 	if sp.nodePort != 0 {
-		any := netip.IPv4Unspecified()
-		if ipv6 {
-			any = netip.IPv6Unspecified()
-		}
-		flows[FlowDestination{Proto: sp.proto, Addr: any, Port: sp.nodePort}] = eps
+		flows[nodePortDestination(sp.proto, ipv6, sp.nodePort)] = eps
 	}
 }

@@ -110,15 +110,11 @@ func reconcileFilters(cur map[FlowDestination][]netip.AddrPort, nodePortAddrs []
 	}
 	var out []reconcile
 	for g := range groups {
-		any := netip.IPv4Unspecified()
-		if g.ipv6 {
-			any = netip.IPv6Unspecified()
-		}
 		stale := func(e conntrack.Entry) bool {
 			dst := e.OrigDst.Addr().Unmap()
 			eps, ok := cur[FlowDestination{Proto: g.proto, Addr: dst, Port: e.OrigDst.Port()}]
 			if !ok {
-				eps, ok = cur[FlowDestination{Proto: g.proto, Addr: any, Port: e.OrigDst.Port()}]
+				eps, ok = cur[nodePortDestination(g.proto, g.ipv6, e.OrigDst.Port())]
 				ok = ok && slices.Contains(nodePortAddrs, dst)
 			}
 			return ok && !slices.Contains(eps, netip.AddrPortFrom(e.ReplySrc.Addr().Unmap(), e.ReplySrc.Port()))
