@@ -3,29 +3,22 @@
 package realnode
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/ktesting"
-	"k8s.io/utils/ptr"
 
 	"github.com/nftproxy/nftproxy/e2e/harness"
+	"github.com/nftproxy/nftproxy/e2e/realcluster"
 	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
@@ -57,88 +50,52 @@ func TestRealNodes(t *testing.T) {
 	}
 	t.Logf("images built, cluster up and nftproxy ready on %d nodes in %v", NumNodes, time.Since(start).Round(time.Millisecond))
 
-	svc := deployEcho(ctx, t, c)
+	svc, pod1 := deployEcho(ctx, t, c)
 	clusterIP := netip.MustParseAddr(svc.Spec.ClusterIP)
 	nodePort := uint16(svc.Spec.Ports[0].NodePort)
 	pods := []string{"echo-node1", "echo-node2", "echo-node3"}
 	client := c.Topology.Client
 	for _, n := range c.Nodes() {
 		answered(ctx, t, "client → NodePort of "+n.Name, pods, func() (testnet.Reply, error) {
-			return dialFrom(ctx, client, "tcp", netip.AddrPortFrom(n.IP, nodePort))
+			return client.Dial(ctx, v1.ProtocolTCP, netip.AddrPortFrom(n.IP, nodePort), 2*time.Second)
 		})
 	}
 	node1 := c.Nodes()[0].NS
-	for _, proto := range []string{"tcp", "udp"} {
-		answered(ctx, t, "node1 → ClusterIP "+proto, pods, func() (testnet.Reply, error) {
-			return dialFrom(ctx, node1, proto, netip.AddrPortFrom(clusterIP, 80))
-		})
-	}
-	// From inside a pod, reaching the other pods and itself (hairpin).
-	h, err := podNetns("echo-node1")
+	// From inside a pod too, reaching the other pods and itself (hairpin).
+	podNS, err := PodNS(pod1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
-	for _, proto := range []string{"tcp", "udp"} {
-		answered(ctx, t, "pod echo-node1 → ClusterIP "+proto, pods, func() (r testnet.Reply, err error) {
-			derr := testnet.DoIn(h, "pod echo-node1", func() error {
-				r, err = dialHere(ctx, proto, netip.AddrPortFrom(clusterIP, 80))
-				return nil
+	for _, proto := range []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP} {
+		for from, ns := range map[string]harness.NS{"node1": node1, "pod echo-node1": podNS} {
+			answered(ctx, t, fmt.Sprintf("%s → ClusterIP %s", from, proto), pods, func() (testnet.Reply, error) {
+				return ns.Dial(ctx, proto, netip.AddrPortFrom(clusterIP, 80), 2*time.Second)
 			})
-			return r, errors.Join(derr, err)
-		})
+		}
 	}
 }
 
-// podNetns opens the network namespace of the echo container of pod name,
-// found by the POD_NAME in its process's environment.
-func podNetns(name string) (netns.NsHandle, error) {
-	procs, err := filepath.Glob("/proc/[0-9]*/environ")
-	if err != nil {
-		return 0, err
-	}
-	for _, p := range procs {
-		env, err := os.ReadFile(p)
-		if err != nil || !bytes.Contains(env, []byte("\x00POD_NAME="+name+"\x00")) && !bytes.HasPrefix(env, []byte("POD_NAME="+name+"\x00")) {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if err != nil {
-			continue
-		}
-		return netns.GetFromPid(pid)
-	}
-	return 0, fmt.Errorf("no process of pod %s", name)
-}
-
-// deployEcho creates an echo pod on each node and a NodePort Service over
-// them, and waits until the pods are running.
-func deployEcho(ctx context.Context, t *testing.T, c *Cluster) *v1.Service {
+// deployEcho creates an echo pod on each node (placed by the scheduler) and
+// a NodePort Service over them, waits until the pods are ready, and returns
+// the Service and the pod on node1.
+func deployEcho(ctx context.Context, t *testing.T, c *Cluster) (svc *v1.Service, pod1 *v1.Pod) {
 	t.Helper()
 	ns := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "realnode"}}
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range c.Nodes() {
-		pod := &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "echo-" + n.Name, Labels: map[string]string{"app": "echo"}},
-			Spec: v1.PodSpec{
-				NodeSelector: map[string]string{"kubernetes.io/hostname": n.Name},
-				Containers: []v1.Container{{
-					Name: "echo", Image: EchoImage, ImagePullPolicy: v1.PullNever,
-					Env:   []v1.EnvVar{{Name: "POD_NAME", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
-					Ports: []v1.ContainerPort{{ContainerPort: 8080, Protocol: v1.ProtocolTCP}, {ContainerPort: 8080, Protocol: v1.ProtocolUDP}},
-					ReadinessProbe: &v1.Probe{ProbeHandler: v1.ProbeHandler{TCPSocket: &v1.TCPSocketAction{Port: intstr.FromInt32(8080)}},
-						PeriodSeconds: 1},
-				}},
-				TerminationGracePeriodSeconds: ptr.To[int64](1),
-			},
-		}
-		if _, err := c.Client.CoreV1().Pods("realnode").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		pod := EchoPod("echo-"+n.Name, "", "echo")
+		pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": n.Name}
+		created, err := c.Client.CoreV1().Pods("realnode").Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		if pod1 == nil {
+			pod1 = created
+		}
 	}
-	svc := &v1.Service{
+	svc = &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: v1.ServiceSpec{
 			Type:     v1.ServiceTypeNodePort,
@@ -159,11 +116,9 @@ func deployEcho(ctx context.Context, t *testing.T, c *Cluster) *v1.Service {
 			return false, nil
 		}
 		ready := 0
-		for _, p := range list.Items {
-			for _, cond := range p.Status.Conditions {
-				if cond.Type == v1.PodReady && cond.Status == v1.ConditionTrue {
-					ready++
-				}
+		for i := range list.Items {
+			if realcluster.IsReady(&list.Items[i]) {
+				ready++
 			}
 		}
 		return ready == NumNodes, nil
@@ -172,10 +127,12 @@ func deployEcho(ctx context.Context, t *testing.T, c *Cluster) *v1.Service {
 		out, _ := c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
 		t.Fatalf("echo pods not ready: %v\n%s", err, out)
 	}
-	return svc
+	return svc, pod1
 }
 
-// answered asks until every pod has answered, or fails after 60 attempts.
+// answered asks until every pod has answered, or fails after 60 attempts,
+// 100 ms apart: pods just turned ready may take that long to reach the
+// EndpointSlices and the rules.
 func answered(ctx context.Context, t *testing.T, what string, pods []string, ask func() (testnet.Reply, error)) {
 	t.Helper()
 	seen := map[string]bool{}
@@ -188,6 +145,7 @@ func answered(ctx context.Context, t *testing.T, what string, pods []string, ask
 			continue
 		}
 		seen[r.Pod] = true
+		time.Sleep(100 * time.Millisecond)
 		if len(seen) == len(pods) {
 			return
 		}
@@ -201,30 +159,4 @@ func keys(m map[string]bool) []string {
 		out = append(out, k)
 	}
 	return out
-}
-
-// dialFrom sends one echo request from inside ns.
-func dialFrom(ctx context.Context, ns harness.NS, proto string, addr netip.AddrPort) (r testnet.Reply, err error) {
-	derr := ns.Do(func() error {
-		r, err = dialHere(ctx, proto, addr)
-		return nil
-	})
-	return r, errors.Join(derr, err)
-}
-
-// dialHere sends one echo request from the calling thread's namespace.
-func dialHere(ctx context.Context, proto string, addr netip.AddrPort) (testnet.Reply, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, proto+"4", addr.String())
-	if err != nil {
-		return testnet.Reply{}, err
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(2 * time.Second))
-	r, err := testnet.Ask(conn)
-	if err != nil && strings.Contains(err.Error(), "refused") {
-		return r, fmt.Errorf("%s %s refused: %w", proto, addr, err)
-	}
-	return r, err
 }
