@@ -238,7 +238,11 @@ func killCgroups(root string) error {
 			}
 			return nil
 		})
-		for range 3 {
+		// A killed process leaves its cgroup only once it is reaped; until
+		// then rmdir says EBUSY. Kill and remove, deepest first, for up to
+		// 10 s.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
 			for _, d := range dirs {
 				b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
 				for f := range strings.FieldsSeq(string(b)) {
@@ -247,12 +251,17 @@ func killCgroups(root string) error {
 					}
 				}
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
+			var busy []error
+			for i := len(dirs) - 1; i >= 0; i-- {
+				if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+					busy = append(busy, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
+				}
 			}
+			if len(busy) == 0 || time.Now().After(deadline) {
+				errs = append(errs, busy...)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	return errors.Join(errs...)
