@@ -52,6 +52,19 @@ func newScenario(t *testing.T, c cluster) *scenario {
 	if _, err := c.Client().CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create namespace %s: %v", name, err)
 	}
+	// Where the ServiceAccount admission plugin runs (real clusters: the
+	// serviceaccount controller has made default's own), pods are refused
+	// until the controller has made the new namespace's default account.
+	sas := c.Client().CoreV1().ServiceAccounts
+	if _, err := sas("default").Get(ctx, "default", metav1.GetOptions{}); err == nil {
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			_, err := sas(name).Get(ctx, "default", metav1.GetOptions{})
+			return err == nil, nil
+		})
+		if err != nil {
+			t.Fatalf("wait for the default service account of %s: %v", name, err)
+		}
+	}
 	t.Cleanup(func() {
 		defer cancel()
 		// Pods first, without grace, so that the kubelet stops them now;
