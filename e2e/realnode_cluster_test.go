@@ -35,7 +35,7 @@ func startRealNodes(t *testing.T) realNodeCluster {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	c, err := realnode.Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)))
+	c, err := realnode.Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)), realnode.StartOptions{})
 	if c != nil {
 		t.Cleanup(func() {
 			if err := c.Down(context.Background()); err != nil {

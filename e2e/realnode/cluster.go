@@ -49,6 +49,8 @@ type Cluster struct {
 	Credentials  harness.Credentials
 	Client       kubernetes.Interface
 	nodes        []*node
+	// root is the repository's: the manifests are there.
+	root string
 }
 
 // Nodes returns the nodes' specifications: name, LAN address, zone,

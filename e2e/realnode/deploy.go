@@ -1,9 +1,12 @@
 package realnode
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -11,52 +14,133 @@ import (
 	"k8s.io/klog/v2"
 )
 
-// Start builds the images, brings the cluster up and deploys nftproxy:
-// what a suite on real nodes needs first. root is the repository's.
-func Start(ctx context.Context, root string) (*Cluster, error) {
+// Proxy names the service proxy a cluster runs as its DaemonSet.
+type Proxy string
+
+const (
+	// Nftproxy is manifests/ through overlay/, as the README tells users.
+	Nftproxy Proxy = "nftproxy"
+	// KubeProxyNftables and KubeProxyIptables are upstream kube-proxy as
+	// kubeadm deploys it (kube-proxy.yaml), in that mode.
+	KubeProxyNftables Proxy = "kube-proxy-nftables"
+	KubeProxyIptables Proxy = "kube-proxy-iptables"
+)
+
+// StartOptions says what a cluster runs besides its nodes.
+type StartOptions struct {
+	// Proxy is the service proxy to deploy; Nftproxy if empty.
+	Proxy Proxy
+	// TestImages imports the upstream suite's images (testimages.sh).
+	TestImages bool
+}
+
+// Start builds the images, brings the cluster up and deploys the service
+// proxy and the cluster DNS: what a suite on real nodes needs first. root
+// is the repository's.
+func Start(ctx context.Context, root string, opts StartOptions) (*Cluster, error) {
 	logger := klog.FromContext(ctx)
 	paths, err := Paths()
 	if err != nil {
 		return nil, err
+	}
+	if opts.Proxy == "" {
+		opts.Proxy = Nftproxy
 	}
 	start := time.Now()
 	images, err := BuildImages(ctx, root, filepath.Join(filepath.Dir(paths.State), "images"))
 	if err != nil {
 		return nil, err
 	}
+	var testImages []string
+	if opts.TestImages {
+		testImages = append(testImages, "agnhost.tar", "busybox.tar")
+	}
+	if opts.Proxy != Nftproxy {
+		testImages = append(testImages, "kube-proxy.tar")
+	}
+	for _, name := range testImages {
+		archive := filepath.Join(filepath.Dir(paths.State), "testimages", name)
+		if _, err := os.Stat(archive); err != nil {
+			return nil, fmt.Errorf("test image missing (run e2e/realnode/testimages.sh): %w", err)
+		}
+		images = append(images, archive)
+	}
 	logger.Info("Images built", "elapsed", time.Since(start).Round(time.Millisecond))
 	c, err := Up(ctx, images, PauseImage)
 	if err != nil {
 		return nil, err
 	}
+	c.root = root
 	start = time.Now()
-	if err := c.DeployProxy(ctx, filepath.Join(root, "e2e", "realnode", "overlay")); err != nil {
+	if err := c.DeployProxy(ctx, opts.Proxy); err != nil {
 		return c, err
 	}
-	logger.Info("nftproxy DaemonSet ready", "nodes", NumNodes, "elapsed", time.Since(start).Round(time.Millisecond))
+	logger.Info("Service proxy ready", "proxy", opts.Proxy, "nodes", NumNodes, "elapsed", time.Since(start).Round(time.Millisecond))
+	// The DNS server reaches the API server through the kubernetes Service
+	// and is reached through kube-dns: it needs the proxy first.
+	if err := c.DeployDNS(ctx, filepath.Join(root, "e2e", "realnode", "clusterdns.yaml")); err != nil {
+		return c, err
+	}
 	return c, nil
 }
 
-// DeployProxy applies the kustomization in dir (nftproxy's manifests) with
-// kubectl, as a user does, and waits until the DaemonSet has a ready pod on
-// every node.
-func (c *Cluster) DeployProxy(ctx context.Context, dir string) error {
-	if out, err := c.Kubectl(ctx, "apply", "-k", dir); err != nil {
-		return fmt.Errorf("deploy nftproxy: %w\n%s", err, out)
+// DeployDNS applies the cluster DNS's manifest and waits until it has a
+// ready endpoint.
+func (c *Cluster) DeployDNS(ctx context.Context, manifest string) error {
+	if out, err := c.Kubectl(ctx, "apply", "-f", manifest); err != nil {
+		return fmt.Errorf("deploy the cluster DNS: %w\n%s", err, out)
 	}
+	if out, err := c.Kubectl(ctx, "-n", "kube-system", "rollout", "status", "deployment/clusterdns", "--timeout=2m"); err != nil {
+		return fmt.Errorf("cluster DNS not ready: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// DeployProxy deploys the service proxy p and waits until its DaemonSet
+// has a ready pod on every node: nftproxy with kubectl apply -k of
+// overlay/, as a user does; kube-proxy from kube-proxy.yaml in p's mode.
+func (c *Cluster) DeployProxy(ctx context.Context, p Proxy) error {
+	dir := filepath.Join(c.root, "e2e", "realnode")
+	switch p {
+	case Nftproxy:
+		if out, err := c.Kubectl(ctx, "apply", "-k", filepath.Join(dir, "overlay")); err != nil {
+			return fmt.Errorf("deploy nftproxy: %w\n%s", err, out)
+		}
+		return c.waitDaemonSet(ctx, "nftproxy", "nftproxy")
+	case KubeProxyNftables, KubeProxyIptables:
+		manifest, err := os.ReadFile(filepath.Join(dir, "kube-proxy.yaml"))
+		if err != nil {
+			return err
+		}
+		mode := strings.TrimPrefix(string(p), "kube-proxy-")
+		path := filepath.Join(c.Paths.State, "kube-proxy.yaml")
+		if err := os.WriteFile(path, bytes.Replace(manifest, []byte("mode: MODE"), []byte("mode: "+mode), 1), 0o644); err != nil {
+			return err
+		}
+		if out, err := c.Kubectl(ctx, "apply", "-f", path); err != nil {
+			return fmt.Errorf("deploy %s: %w\n%s", p, err, out)
+		}
+		return c.waitDaemonSet(ctx, "kube-system", "kube-proxy")
+	}
+	return fmt.Errorf("unknown proxy %q", p)
+}
+
+// waitDaemonSet waits until the DaemonSet has an updated, ready pod on
+// every node.
+func (c *Cluster) waitDaemonSet(ctx context.Context, namespace, name string) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		ds, err := c.Client.AppsV1().DaemonSets("nftproxy").Get(ctx, "nftproxy", metav1.GetOptions{})
+		ds, err := c.Client.AppsV1().DaemonSets(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
 			return false, nil
 		}
-		last = fmt.Sprintf("desired %d, ready %d", ds.Status.DesiredNumberScheduled, ds.Status.NumberReady)
-		return ds.Status.NumberReady == NumNodes, nil
+		last = fmt.Sprintf("desired %d, updated %d, ready %d", ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled, ds.Status.NumberReady)
+		return ds.Status.ObservedGeneration >= ds.Generation && ds.Status.UpdatedNumberScheduled == NumNodes && ds.Status.NumberReady == NumNodes, nil
 	})
 	if err != nil {
 		out, _ := c.Kubectl(ctx, "get", "pods", "-A", "-o", "wide")
-		return fmt.Errorf("nftproxy DaemonSet not ready (%s): %w\n%s", last, err, out)
+		return fmt.Errorf("DaemonSet %s/%s not ready (%s): %w\n%s", namespace, name, last, err, out)
 	}
 	return nil
 }

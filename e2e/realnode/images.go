@@ -15,7 +15,12 @@ import (
 // IfNotPresent or Never).
 const (
 	PauseImage = "localhost/nftproxy-e2e/pause:e2e"
-	EchoImage  = "localhost/nftproxy-e2e/echo:e2e"
+	// UpstreamPauseImage is the pause image's name in e2e.test v1.37.2
+	// (test/utils/image/manifest.go): some specs run it as a container.
+	UpstreamPauseImage = "registry.k8s.io/pause:3.10.2"
+	EchoImage          = "localhost/nftproxy-e2e/echo:e2e"
+	// DNSImage is the cluster's DNS server (images/clusterdns, clusterdns.yaml).
+	DNSImage = "localhost/nftproxy-e2e/clusterdns:e2e"
 	// ProxyImage is what hack/image.sh tags with VERSION=e2e, as the
 	// overlay in overlay/ names it.
 	ProxyImage = "localhost/nftproxy:e2e"
@@ -23,8 +28,8 @@ const (
 
 // BuildImages builds the images into dir as docker archives and returns
 // their paths: nftproxy's by the path a user takes (hack/image.sh, the
-// Dockerfile), the pause and echo programs of images/ as FROM scratch
-// images of one static binary. podman builds them, offline.
+// Dockerfile), the programs of images/ (pause, echo, clusterdns) as FROM
+// scratch images of one static binary. podman builds them, offline.
 func BuildImages(ctx context.Context, root, dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -38,11 +43,15 @@ func BuildImages(ctx context.Context, root, dir string) ([]string, error) {
 		return nil, fmt.Errorf("hack/image.sh built %q, want %q", got, ProxyImage)
 	}
 	archives := []string{proxy}
-	for _, img := range []struct{ name, pkg string }{
-		{PauseImage, "./e2e/realnode/images/pause"},
-		{EchoImage, "./e2e/realnode/images/echo"},
+	for _, img := range []struct {
+		pkg   string
+		names []string
+	}{
+		{"./e2e/realnode/images/pause", []string{PauseImage, UpstreamPauseImage}},
+		{"./e2e/realnode/images/echo", []string{EchoImage}},
+		{"./e2e/realnode/images/clusterdns", []string{DNSImage}},
 	} {
-		archive, err := buildBinaryImage(ctx, root, dir, img.name, img.pkg)
+		archive, err := buildBinaryImage(ctx, root, dir, img.pkg, img.names)
 		if err != nil {
 			return nil, err
 		}
@@ -52,8 +61,8 @@ func BuildImages(ctx context.Context, root, dir string) ([]string, error) {
 }
 
 // buildBinaryImage builds the Go command pkg statically into a FROM
-// scratch image named name and saves it into dir.
-func buildBinaryImage(ctx context.Context, root, dir, name, pkg string) (string, error) {
+// scratch image with the given names and saves it into dir.
+func buildBinaryImage(ctx context.Context, root, dir, pkg string, names []string) (string, error) {
 	base := filepath.Base(pkg)
 	ctxDir, err := os.MkdirTemp(dir, base+"-")
 	if err != nil {
@@ -68,13 +77,20 @@ func buildBinaryImage(ctx context.Context, root, dir, name, pkg string) (string,
 	if err := os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		return "", err
 	}
-	if _, err := harness.Output(ctx, "podman", "build", "--quiet", "--layers=false", "-t", name, ctxDir); err != nil {
-		return "", fmt.Errorf("build image %s: %w", name, err)
+	build := []string{"podman", "build", "--quiet", "--layers=false"}
+	for _, name := range names {
+		build = append(build, "-t", name)
+	}
+	if _, err := harness.Output(ctx, append(build, ctxDir)...); err != nil {
+		return "", fmt.Errorf("build image %v: %w", names, err)
 	}
 	archive := filepath.Join(dir, base+".tar")
 	_ = os.Remove(archive) // podman save refuses to overwrite
-	if _, err := harness.Output(ctx, "podman", "save", "--quiet", "-o", archive, name); err != nil {
-		return "", fmt.Errorf("save image %s: %w", name, err)
+	// A docker archive of several names holds the image once, and every
+	// name in its manifest, which ctr import tags.
+	save := append([]string{"podman", "save", "--quiet", "--multi-image-archive", "-o", archive}, names...)
+	if _, err := harness.Output(ctx, save...); err != nil {
+		return "", fmt.Errorf("save image %v: %w", names, err)
 	}
 	return archive, nil
 }

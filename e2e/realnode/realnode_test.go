@@ -37,7 +37,7 @@ func TestRealNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	c, err := Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)))
+	c, err := Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)), StartOptions{})
 	if c != nil {
 		t.Cleanup(func() {
 			if err := c.Down(context.Background()); err != nil {

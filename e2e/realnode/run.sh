@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # run.sh runs nftproxy on a cluster of real nodes (see doc.go): it installs
 # the Debian packages a node needs (containerd, runc, the CNI plugins,
-# podman for the images) when missing, builds the Kubernetes binaries
-# (e2e/tools/build.sh, cached by version outside the clone), then each suite
+# podman for the images) when missing, builds the Kubernetes binaries and
+# the upstream e2e suite (e2e/tools/build.sh) and the upstream test images
+# (testimages.sh), both cached by version outside the clone, then each suite
 # brings the cluster up, deploys nftproxy from manifests/ through
-# e2e/realnode/overlay and checks it with real pods (TestRealNodes, then the
-# e2e scenarios with -cluster=realnode), and tears the cluster down whatever
-# happens. Run it as root; extra arguments go to both go test runs.
+# e2e/realnode/overlay and checks it with real pods, and tears the cluster
+# down whatever happens: TestRealNodes, the e2e scenarios with
+# -cluster=realnode, then TestUpstream, the upstream selection (upstream.go).
+# It ends with the upstream run's line "upstream-e2e: N passed, M failed, K
+# skipped". Run it as root; extra arguments go to every go test run.
 #
 #   e2e/realnode/run.sh        the suite
 #   e2e/realnode/run.sh down   tear down what a killed run left
@@ -35,6 +38,7 @@ if ((${#need[@]})); then
 fi
 
 bash e2e/tools/build.sh
+bash e2e/realnode/testimages.sh
 go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
 # The scenarios' dump check runs the binary too (the image is built apart).
 go build -o .cache/bin/nftproxy ./cmd/nftproxy
@@ -45,7 +49,10 @@ start=$SECONDS
 status=0
 # The smoke test (DaemonSet ready, traffic from outside, a node and a pod),
 # then the e2e scenarios on a cluster of their own (-cluster=realnode).
-go test -tags realnode ./e2e/realnode -count=1 -timeout 20m -v "$@" || status=$?
+go test -tags realnode ./e2e/realnode -run TestRealNodes -count=1 -timeout 20m -v "$@" || status=$?
 go test -tags e2e ./e2e -run TestE2E -cluster=realnode -count=1 -timeout 20m -v "$@" || status=$?
-echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs"
+rm -f .cache/realnode/results/upstream-nftproxy.txt
+go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" || status=$?
+echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs, upstream reports in .cache/realnode/results/upstream-nftproxy"
+cat .cache/realnode/results/upstream-nftproxy.txt 2>/dev/null || echo "upstream-e2e: no result (see the TestUpstream output above)"
 exit $status
