@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-//go:embed *.yaml
+//go:embed *.yaml migration/*.yaml
 var files embed.FS
 
 // strict decodes YAML into client-go's typed objects and fails on unknown

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -326,5 +327,40 @@ func TestDaemonSetArgs(t *testing.T) {
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || !strings.Contains(string(out), kubeconfig) {
 		t.Errorf("nftproxy %q: %v, want a failure naming the missing kubeconfig; output:\n%s", args, err, out)
+	}
+}
+
+// TestMigrationJobs checks the cleanup Jobs the README's migration runs per
+// node: the DaemonSet's image (the guide replaces it with the same sed),
+// the node's network, NET_ADMIN only, and the cleanup each direction needs.
+func TestMigrationJobs(t *testing.T) {
+	image := get[*appsv1.DaemonSet](t, objects(t), "DaemonSet nftproxy").Spec.Template.Spec.Containers[0].Image
+	for name, args := range map[string][]string{
+		"migration/cleanup-kube-proxy.yaml": {"cleanup", "--kube-proxy"},
+		"migration/cleanup-nftproxy.yaml":   {"cleanup"},
+	} {
+		objs, err := Objects(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, ok := objs[0].(*batchv1.Job)
+		if len(objs) != 1 || !ok {
+			t.Fatalf("%s: want one Job, got %v", name, objs)
+		}
+		spec := job.Spec.Template.Spec
+		if !strings.HasSuffix(job.Name, "-NODE_NAME") || spec.NodeName != "NODE_NAME" || !spec.HostNetwork {
+			t.Errorf("%s: name %q, nodeName %q, hostNetwork %v: want one Job per node, in its network", name, job.Name, spec.NodeName, spec.HostNetwork)
+		}
+		c := spec.Containers[0]
+		if c.Image != image {
+			t.Errorf("%s: image %q, want the DaemonSet's %q", name, c.Image, image)
+		}
+		if !slices.Equal(c.Args, args) {
+			t.Errorf("%s: args %q, want %q", name, c.Args, args)
+		}
+		if sc := c.SecurityContext; sc == nil || sc.Capabilities == nil ||
+			!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+			t.Errorf("%s: capabilities %+v, want NET_ADMIN only", name, c.SecurityContext)
+		}
 	}
 }

@@ -144,3 +144,68 @@ func (c *Cluster) waitDaemonSet(ctx context.Context, namespace, name string) err
 	}
 	return nil
 }
+
+// RemoveProxy removes the service proxy p as its guide says and waits until
+// its pods are gone: kubectl delete -k of overlay/ for nftproxy, the
+// DaemonSet and ConfigMap for kube-proxy. Neither deletes its rules on
+// exit: traffic keeps flowing on them until the next proxy takes over.
+func (c *Cluster) RemoveProxy(ctx context.Context, p Proxy) error {
+	var namespace, selector string
+	var args []string
+	switch p {
+	case Nftproxy:
+		namespace, selector = "nftproxy", "app.kubernetes.io/name=nftproxy"
+		args = []string{"delete", "-k", filepath.Join(c.root, "e2e", "realnode", "overlay")}
+	case KubeProxyNftables, KubeProxyIptables:
+		namespace, selector = "kube-system", "k8s-app=kube-proxy"
+		args = []string{"-n", "kube-system", "delete", "daemonset/kube-proxy", "configmap/kube-proxy"}
+	default:
+		return fmt.Errorf("unknown proxy %q", p)
+	}
+	if out, err := c.Kubectl(ctx, args...); err != nil {
+		return fmt.Errorf("remove %s: %w\n%s", p, err, out)
+	}
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		pods, err := c.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		return err == nil && len(pods.Items) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("pods of %s still there: %w", p, err)
+	}
+	return nil
+}
+
+// RunPerNode applies manifest once per node, with NODE_NAME replaced by the
+// node's name and the manifests' image by ProxyImage (the cleanup Jobs of
+// manifests/migration, as their comments tell a user), waits until every
+// Job has completed, then deletes them.
+func (c *Cluster) RunPerNode(ctx context.Context, manifest string) error {
+	text, err := os.ReadFile(manifest)
+	if err != nil {
+		return err
+	}
+	var jobs []string
+	for _, n := range c.nodes {
+		obj := strings.ReplaceAll(string(text), "NODE_NAME", n.spec.Name)
+		obj = strings.ReplaceAll(obj, "localhost/nftproxy:dev", ProxyImage)
+		path := filepath.Join(c.Paths.State, n.spec.Name+"-"+filepath.Base(manifest))
+		if err := os.WriteFile(path, []byte(obj), 0o644); err != nil {
+			return err
+		}
+		out, err := c.Kubectl(ctx, "apply", "-f", path, "-o", "name")
+		if err != nil {
+			return fmt.Errorf("apply %s on %s: %w\n%s", manifest, n.spec.Name, err, out)
+		}
+		jobs = append(jobs, strings.TrimSpace(out))
+	}
+	waitArgs := append([]string{"-n", "kube-system", "wait", "--for=condition=Complete", "--timeout=2m"}, jobs...)
+	if out, err := c.Kubectl(ctx, waitArgs...); err != nil {
+		logs, _ := c.Kubectl(ctx, "-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=nftproxy-cleanup", "--tail=20")
+		return fmt.Errorf("jobs of %s: %w\n%s\n%s", manifest, err, out, logs)
+	}
+	deleteArgs := append([]string{"-n", "kube-system", "delete", "--cascade=foreground"}, jobs...)
+	if out, err := c.Kubectl(ctx, deleteArgs...); err != nil {
+		return fmt.Errorf("delete jobs of %s: %w\n%s", manifest, err, out)
+	}
+	return nil
+}

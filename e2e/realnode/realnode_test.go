@@ -28,26 +28,9 @@ import (
 // NodePort (from the outside client, on every node) and ClusterIP (from a
 // node, TCP and UDP) reach pods on all three nodes.
 func TestRealNodes(t *testing.T) {
-	testnet.RequireRoot(t)
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(1)))
-	ctx, cancel := context.WithTimeout(klog.NewContext(context.Background(), logger), 15*time.Minute)
-	defer cancel()
-	paths, err := Paths()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t, 15*time.Minute)
 	start := time.Now()
-	c, err := Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)), StartOptions{})
-	if c != nil {
-		t.Cleanup(func() {
-			if err := c.Down(context.Background()); err != nil {
-				t.Errorf("tear down: %v", err)
-			}
-		})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := startCluster(ctx, t, StartOptions{})
 	t.Logf("images built, cluster up and nftproxy ready on %d nodes in %v", NumNodes, time.Since(start).Round(time.Millisecond))
 
 	svc, pod1 := deployEcho(ctx, t, c)
@@ -74,6 +57,41 @@ func TestRealNodes(t *testing.T) {
 		}
 	}
 }
+
+// testContext returns a context that logs to t and ends after timeout or
+// with the test. It skips the test unless it runs as root.
+func testContext(t *testing.T, timeout time.Duration) context.Context {
+	testnet.RequireRoot(t)
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(1)))
+	ctx, cancel := context.WithTimeout(klog.NewContext(context.Background(), logger), timeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// startCluster starts a cluster (Start) with the repository's manifests
+// and registers its teardown.
+func startCluster(ctx context.Context, t *testing.T, opts StartOptions) *Cluster {
+	t.Helper()
+	paths, err := Paths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Start(ctx, repoRoot(paths), opts)
+	if c != nil {
+		t.Cleanup(func() {
+			if err := c.Down(context.Background()); err != nil {
+				t.Errorf("tear down: %v", err)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// repoRoot is the repository holding paths' .cache.
+func repoRoot(paths harness.Paths) string { return filepath.Dir(filepath.Dir(paths.Bin)) }
 
 // deployEcho creates an echo pod on each node (placed by the scheduler) and
 // a NodePort Service over them, waits until the pods are ready, and returns

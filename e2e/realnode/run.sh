@@ -7,7 +7,8 @@
 # brings the cluster up, deploys nftproxy from manifests/ through
 # e2e/realnode/overlay and checks it with real pods, and tears the cluster
 # down whatever happens: TestRealNodes, the e2e scenarios with
-# -cluster=realnode, then TestUpstream, the upstream selection (upstream.go).
+# -cluster=realnode, TestMigration (kube-proxy to nftproxy and back, with
+# traffic), then TestUpstream, the upstream selection (upstream.go).
 # It ends with the upstream run's line "upstream-e2e: N passed, M failed, K
 # skipped". Run it as root; extra arguments go to every go test run.
 #
@@ -51,6 +52,7 @@ status=0
 # then the e2e scenarios on a cluster of their own (-cluster=realnode).
 go test -tags realnode ./e2e/realnode -run TestRealNodes -count=1 -timeout 20m -v "$@" || status=$?
 go test -tags e2e ./e2e -run TestE2E -cluster=realnode -count=1 -timeout 20m -v "$@" || status=$?
+go test -tags realnode ./e2e/realnode -run TestMigration -count=1 -timeout 30m -v "$@" || status=$?
 rm -f .cache/realnode/results/upstream-nftproxy.txt
 go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" || status=$?
 echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs, upstream reports in .cache/realnode/results/upstream-nftproxy"

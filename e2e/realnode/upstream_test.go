@@ -3,18 +3,12 @@
 package realnode
 
 import (
-	"context"
 	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
-
-	"github.com/nftproxy/nftproxy/internal/testnet"
 )
 
 var proxy = flag.String("proxy", string(Nftproxy), "the service proxy TestUpstream judges: nftproxy, kube-proxy-nftables or kube-proxy-iptables")
@@ -25,26 +19,9 @@ var proxy = flag.String("proxy", string(Nftproxy), "the service proxy TestUpstre
 // fails. Its last line is the closing line of e2e/realnode/run.sh, also
 // written to <Results>/upstream-<proxy>.txt.
 func TestUpstream(t *testing.T) {
-	testnet.RequireRoot(t)
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(1)))
-	ctx, cancel := context.WithTimeout(klog.NewContext(context.Background(), logger), 60*time.Minute)
-	defer cancel()
-	paths, err := Paths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Dir(filepath.Dir(paths.Bin))
-	c, err := Start(ctx, root, StartOptions{Proxy: Proxy(*proxy), TestImages: true})
-	if c != nil {
-		t.Cleanup(func() {
-			if err := c.Down(context.Background()); err != nil {
-				t.Errorf("tear down: %v", err)
-			}
-		})
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := testContext(t, 60*time.Minute)
+	c := startCluster(ctx, t, StartOptions{Proxy: Proxy(*proxy), TestImages: true})
+	paths := c.Paths
 	start := time.Now()
 	reports := filepath.Join(paths.Results, "upstream-"+*proxy)
 	result, err := c.RunUpstream(ctx, UpstreamOptions{Procs: 4, ReportDir: reports})
