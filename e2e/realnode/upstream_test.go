@@ -24,7 +24,7 @@ func TestUpstream(t *testing.T) {
 	paths := c.Paths
 	start := time.Now()
 	reports := filepath.Join(paths.Results, "upstream-"+*proxy)
-	result, err := c.RunUpstream(ctx, UpstreamOptions{Procs: 4, ReportDir: reports})
+	result, err := c.RunUpstream(ctx, UpstreamOptions{Procs: 6, ReportDir: reports})
 	if err != nil {
 		t.Fatal(err)
 	}
