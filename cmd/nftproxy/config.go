@@ -145,9 +145,16 @@ func withConfigFile(fs *flag.FlagSet, writable bool, action func(ctx context.Con
 	return func(ctx context.Context) error {
 		logger := klog.FromContext(ctx)
 		if *path != "" {
+			explicit := map[string]bool{}
+			fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
 			ignored, unknown, err := applyConfigFile(fs, *path)
 			if err != nil {
 				return err
+			}
+			if !explicit["kubeconfig"] {
+				if err := checkConfigKubeconfig(fs, *path); err != nil {
+					return err
+				}
 			}
 			if len(ignored) > 0 || len(unknown) > 0 {
 				logger.Info("Warning: the configuration file sets what nftproxy does not do; ignoring it",
@@ -170,6 +177,23 @@ func withConfigFile(fs *flag.FlagSet, writable bool, action func(ctx context.Con
 		}
 		return action(ctx)
 	}
+}
+
+// checkConfigKubeconfig checks the kubeconfig that the configuration file
+// at path named (clientConnection.kubeconfig), if any: kubeadm's names a
+// file of kube-proxy's ConfigMap that a DaemonSet of nftproxy may not
+// mount, and the client's own error would not say where the name came
+// from.
+func checkConfigKubeconfig(fs *flag.FlagSet, path string) error {
+	f := fs.Lookup("kubeconfig")
+	if f == nil || f.Value.String() == "" {
+		return nil
+	}
+	if _, err := os.Stat(f.Value.String()); err != nil {
+		return fmt.Errorf("clientConnection.kubeconfig of %s: %w (kube-proxy's ConfigMap holds it as kubeconfig.conf beside config.conf: mount both, "+
+			"or pass --kubeconfig, or set it empty to use the Pod's ServiceAccount)", path, err)
+	}
+	return nil
 }
 
 // configurable gives a command --config (and --write-config-to when

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -30,17 +31,17 @@ func addFileFlags(fs *flag.FlagSet) *fileFlags {
 }
 
 // build reads the objects and builds the table they give.
-func (ff *fileFlags) build(ctx context.Context) (*nft.Table, error) {
+func (ff *fileFlags) build(ctx context.Context) (*nft.Table, *objects.Set, error) {
 	if len(ff.objects) == 0 {
-		return nil, fmt.Errorf("no --objects given")
+		return nil, nil, fmt.Errorf("no --objects given")
 	}
 	set, err := objects.Load(ff.objects)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cfg, err := ff.rules.config(ff.hostname)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var node *v1.Node
 	if ff.hostname != "" {
@@ -50,20 +51,20 @@ func (ff *fileFlags) build(ctx context.Context) (*nft.Table, error) {
 			}
 		}
 		if node == nil && len(cfg.NodeIPs) == 0 {
-			return nil, fmt.Errorf("no Node %q among the objects, and no --node-ip", ff.hostname)
+			return nil, nil, fmt.Errorf("no Node %q among the objects, and no --node-ip", ff.hostname)
 		}
 	}
 	t := proxier.Build(klog.FromContext(ctx), cfg, proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node})
 	if err := t.Validate(); err != nil {
-		return nil, fmt.Errorf("built an invalid table (a bug): %w", err)
+		return nil, nil, fmt.Errorf("built an invalid table (a bug): %w", err)
 	}
-	return t, nil
+	return t, set, nil
 }
 
 func dumpFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	ff := addFileFlags(fs)
 	return func(ctx context.Context) error {
-		t, err := ff.build(ctx)
+		t, _, err := ff.build(ctx)
 		if err != nil {
 			return err
 		}
@@ -72,16 +73,40 @@ func dumpFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	}
 }
 
+// cleanupTable deletes nftproxy's table and says whether there was one.
+func cleanupTable(ctx context.Context, k *nft.Kernel, out io.Writer) error {
+	name := "inet " + proxier.TableName
+	exists, err := k.Exists(nft.FamilyINet, proxier.TableName)
+	if err != nil {
+		return fmt.Errorf("read table %s: %w", name, err)
+	}
+	if !exists {
+		_, err := fmt.Fprintf(out, "no table %s: nothing to delete\n", name)
+		return err
+	}
+	if err := k.Delete(ctx, nft.FamilyINet, proxier.TableName); err != nil {
+		return fmt.Errorf("delete table %s: %w", name, err)
+	}
+	_, err = fmt.Fprintf(out, "deleted table %s\n", name)
+	return err
+}
+
 func syncFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	ff := addFileFlags(fs)
 	once := fs.Bool("once", false, "sync once and exit (required: without an API server there is nothing to watch)")
+	allowEmpty := fs.Bool("allow-empty", false, "sync even when the objects hold no Service, which deletes every service rule")
 	return func(ctx context.Context) error {
 		if !*once {
 			return fmt.Errorf("only --once is supported; use `nftproxy run` for a daemon")
 		}
-		t, err := ff.build(ctx)
+		t, set, err := ff.build(ctx)
 		if err != nil {
 			return err
+		}
+		// A wrong path or an empty folder would otherwise wipe every rule
+		// of a working node.
+		if len(set.Services) == 0 && !*allowEmpty {
+			return fmt.Errorf("no Service among the objects of %v: syncing would delete every service rule (pass --allow-empty to do that)", []string(ff.objects))
 		}
 		start := time.Now()
 		// One transaction replaces whatever table exists: traffic never sees
@@ -103,9 +128,6 @@ func cleanupFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if *kubeProxy {
 			return cleanupKubeProxy(ctx, nft.NewKernel(), os.Stdout, *dryRun)
 		}
-		if err := nft.NewKernel().Delete(ctx, nft.FamilyINet, proxier.TableName); err != nil {
-			return fmt.Errorf("delete table %s: %w", proxier.TableName, err)
-		}
-		return nil
+		return cleanupTable(ctx, nft.NewKernel(), os.Stdout)
 	}
 }

@@ -12,6 +12,7 @@
 //	                              what the rules do with a packet
 //	nftproxy trace --live ...     and the kernel's trace of real packets
 //	nftproxy top                  the service counters, live
+//	nftproxy help [command]       the commands, and a command's flags
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -60,29 +62,25 @@ func versionFlags(*flag.FlagSet) func(ctx context.Context) error {
 }
 
 func run(args []string) int {
-	name := "run"
+	name, implicit := "run", true
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		name, args = args[0], args[1:]
+		name, args, implicit = args[0], args[1:], false
 	}
-	var cmd *command
-	for _, c := range commands() {
-		if c.name == name {
-			cmd = &c
-		}
+	if name == "help" {
+		return help(args)
 	}
+	cmd := findCommand(name)
 	if cmd == nil {
-		fmt.Fprintf(os.Stderr, "nftproxy: unknown command %q\n\ncommands:\n", name)
-		for _, c := range commands() {
-			fmt.Fprintf(os.Stderr, "  %-8s %s\n", c.name, c.usage)
-		}
+		fmt.Fprintf(os.Stderr, "nftproxy: unknown command %q\n\n", name)
+		printCommands(os.Stderr)
 		return 2
 	}
-	fs := flag.NewFlagSet("nftproxy "+name, flag.ContinueOnError)
-	klog.InitFlags(fs)
+	fs, klogFlags := newFlagSet(cmd)
 	// Every command takes --version, as kube-proxy does: a DaemonSet's
 	// arguments plus --version print the version.
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	action := cmd.flags(fs)
+	fs.Usage = func() { printUsage(fs.Output(), cmd, fs, klogFlags, implicit) }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -115,6 +113,79 @@ func run(args []string) int {
 		return code
 	}
 	return 0
+}
+
+func findCommand(name string) *command {
+	for _, c := range commands() {
+		if c.name == name {
+			return &c
+		}
+	}
+	return nil
+}
+
+// newFlagSet returns the flag set of cmd, holding klog's flags, whose names
+// it returns too: the usage lists them apart.
+func newFlagSet(cmd *command) (*flag.FlagSet, map[string]bool) {
+	fs := flag.NewFlagSet("nftproxy "+cmd.name, flag.ContinueOnError)
+	klog.InitFlags(fs)
+	klogFlags := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { klogFlags[f.Name] = true })
+	return fs, klogFlags
+}
+
+// help prints the commands and the flags of one ("nftproxy help
+// <command>", run's by default) on standard output.
+func help(args []string) int {
+	name := "run"
+	if len(args) > 0 {
+		name = args[0]
+	}
+	cmd := findCommand(name)
+	if cmd == nil || len(args) > 1 {
+		fmt.Fprintf(os.Stderr, "nftproxy help: unknown command %q\n\n", name)
+		printCommands(os.Stderr)
+		return 2
+	}
+	fs, klogFlags := newFlagSet(cmd)
+	fs.Bool("version", false, "print the version and exit")
+	cmd.flags(fs)
+	printUsage(os.Stdout, cmd, fs, klogFlags, len(args) == 0)
+	return 0
+}
+
+func printCommands(w io.Writer) {
+	fmt.Fprintln(w, "Commands:")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.usage)
+	}
+	fmt.Fprintf(w, "  %-8s %s\n", "help", "this help; nftproxy help <command> shows a command's flags")
+}
+
+// printUsage prints cmd's flags, its own first and klog's apart, after the
+// list of commands when withCommands.
+func printUsage(w io.Writer, cmd *command, fs *flag.FlagSet, klogFlags map[string]bool, withCommands bool) {
+	if withCommands {
+		fmt.Fprintf(w, "nftproxy, a kube-proxy replacement that programs nftables through netlink.\n\nUsage: nftproxy [command] [flags]\n\n")
+		printCommands(w)
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "Flags of nftproxy %s (%s):\n", cmd.name, cmd.usage)
+	printFlags(w, fs, func(name string) bool { return !klogFlags[name] })
+	fmt.Fprintf(w, "\nLogging flags (klog), taken by every command:\n")
+	printFlags(w, fs, func(name string) bool { return klogFlags[name] })
+}
+
+// printFlags prints the defaults of the flags of fs that keep selects.
+func printFlags(w io.Writer, fs *flag.FlagSet, keep func(name string) bool) {
+	sub := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	fs.VisitAll(func(f *flag.Flag) {
+		if keep(f.Name) {
+			sub.Var(f.Value, f.Name, f.Usage)
+		}
+	})
+	sub.SetOutput(w)
+	sub.PrintDefaults()
 }
 
 // exitStatus is returned by a command whose exit status is not simply 0 or

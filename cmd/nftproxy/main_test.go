@@ -108,12 +108,19 @@ func TestCommandErrors(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("apiVersion: v1\nkind: Service\nmetadata:\n  name: broken\nspec:\n  ports: nope\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	kubeadmConfig := filepath.Join(dir, "config.conf")
+	if err := os.WriteFile(kubeadmConfig, []byte("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"+
+		"clientConnection:\n  kubeconfig: "+filepath.Join(dir, "kubeconfig.conf")+"\nmode: nftables\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name     string
 		args     []string
 		code     int
 		stderrRE string
 	}{
+		{"a config file's missing kubeconfig names the file and the field", []string{"run", "--config", kubeadmConfig}, 1,
+			"clientConnection.kubeconfig of " + kubeadmConfig + ": stat " + filepath.Join(dir, "kubeconfig.conf")},
 		{"a bad object names its file and object", []string{"dump", "--objects", bad}, 1, "bad.yaml: document 1 (Service default/broken)"},
 		{"a missing file is an error", []string{"dump", "--objects", filepath.Join(dir, "missing.yaml")}, 1, "missing.yaml"},
 		{"dump needs objects", []string{"dump"}, 1, "no --objects"},
@@ -138,6 +145,39 @@ func TestCommandErrors(t *testing.T) {
 				t.Errorf("printed %q on failure", r.stdout)
 			}
 		})
+	}
+}
+
+// TestHelp checks that help lists the commands, and a command's own flags
+// apart from klog's.
+func TestHelp(t *testing.T) {
+	for _, tc := range []struct {
+		args     []string
+		out      func(result) string
+		commands bool
+		own      string
+	}{
+		{[]string{"help"}, func(r result) string { return r.stdout }, true, "-hostname-override"},
+		{[]string{"--help"}, func(r result) string { return r.stderr }, true, "-hostname-override"},
+		{[]string{"help", "cleanup"}, func(r result) string { return r.stdout }, false, "-kube-proxy"},
+		{[]string{"cleanup", "-h"}, func(r result) string { return r.stderr }, false, "-kube-proxy"},
+	} {
+		r := nftproxy(t, nil, tc.args...)
+		out := tc.out(r)
+		own, logging, found := strings.Cut(out, "Logging flags (klog)")
+		switch {
+		case r.code != 0 || !found:
+			t.Errorf("%q: exit %d, no logging flags section:\n%s%s", tc.args, r.code, r.stdout, r.stderr)
+		case strings.Contains(own, "Commands:\n") != tc.commands || tc.commands && !strings.Contains(own, "\n  cleanup  "):
+			t.Errorf("%q: commands listed %v, want %v:\n%s", tc.args, !tc.commands, tc.commands, out)
+		case !strings.Contains(own, tc.own) || strings.Contains(own, "-vmodule"):
+			t.Errorf("%q: want %s among the command's flags and klog's apart:\n%s", tc.args, tc.own, out)
+		case !strings.Contains(logging, "-vmodule") || strings.Contains(logging, tc.own):
+			t.Errorf("%q: want only klog's flags under logging:\n%s", tc.args, logging)
+		}
+	}
+	if r := nftproxy(t, nil, "help", "frobnicate"); r.code != 2 || !strings.Contains(r.stderr, "Commands:") {
+		t.Errorf("help of an unknown command: exit %d, %s", r.code, r.stderr)
 	}
 }
 
@@ -247,14 +287,29 @@ func TestSyncOnceProgramsTheKernel(t *testing.T) {
 		}
 	}
 
-	if r := nftproxy(t, c.Node, "cleanup"); r.code != 0 {
-		t.Fatalf("cleanup: %s", r.stderr)
+	// An empty folder (a wrong path, a missing mount) would delete every
+	// service rule: refused unless asked for.
+	empty := t.TempDir()
+	if r := nftproxy(t, c.Node, "sync", "--once", "--objects", empty); r.code == 0 || !strings.Contains(r.stderr, "--allow-empty") {
+		t.Errorf("sync of an empty folder: exit %d, %s", r.code, r.stderr)
+	}
+	if out := c.Node.Run(t, "nft", "list", "tables"); !strings.Contains(out, "inet nftproxy") {
+		t.Fatalf("a refused sync removed the table: %s", out)
+	}
+
+	if r := nftproxy(t, c.Node, "cleanup"); r.code != 0 || r.stdout != "deleted table inet nftproxy\n" {
+		t.Fatalf("cleanup: exit %d, %s%s", r.code, r.stdout, r.stderr)
 	}
 	if out := c.Node.Run(t, "nft", "list", "tables"); strings.Contains(out, "nftproxy") {
 		t.Errorf("table left after cleanup: %s", out)
 	}
 	// Cleanup of an absent table is not an error.
-	if r := nftproxy(t, c.Node, "cleanup"); r.code != 0 {
-		t.Errorf("second cleanup: %s", r.stderr)
+	if r := nftproxy(t, c.Node, "cleanup"); r.code != 0 || !strings.HasPrefix(r.stdout, "no table inet nftproxy") {
+		t.Errorf("second cleanup: exit %d, %s%s", r.code, r.stdout, r.stderr)
+	}
+	// With --allow-empty, an empty set of objects is a table without
+	// services.
+	if r := nftproxy(t, c.Node, "sync", "--once", "--allow-empty", "--objects", empty); r.code != 0 {
+		t.Errorf("sync --allow-empty: exit %d, %s", r.code, r.stderr)
 	}
 }

@@ -6,8 +6,6 @@ import (
 	"io"
 	"strings"
 
-	"k8s.io/klog/v2"
-
 	"github.com/nftproxy/nftproxy/nft"
 )
 
@@ -56,6 +54,10 @@ func cleanupKubeProxy(ctx context.Context, k *nft.Kernel, out io.Writer, dryRun 
 	if err != nil {
 		return fmt.Errorf("find kube-proxy's leftovers: %w", err)
 	}
+	if plan.Empty() {
+		_, err := fmt.Fprintln(out, "nothing of kube-proxy's in nftables: nothing to delete")
+		return err
+	}
 	if dryRun {
 		_, err := fmt.Fprint(out, plan)
 		return err
@@ -63,7 +65,7 @@ func cleanupKubeProxy(ctx context.Context, k *nft.Kernel, out io.Writer, dryRun 
 	if err := k.ApplyForeign(ctx, plan); err != nil {
 		return fmt.Errorf("remove kube-proxy's leftovers (is kube-proxy still running?): %w", err)
 	}
-	klog.FromContext(ctx).Info("Removed kube-proxy's leftovers from nftables",
-		"tables", plan.Tables(), "chains", len(plan.Chains()), "rules", len(plan.Rules()))
-	return nil
+	// What went, in the dry run's words, which name what is deleted.
+	_, err = fmt.Fprintf(out, "deleted in one transaction:\n%s", plan)
+	return err
 }

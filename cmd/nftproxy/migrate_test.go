@@ -96,8 +96,12 @@ table inet nftproxy {
 		t.Fatalf("a dry run changed the ruleset:\n%s", after)
 	}
 
-	if r := nftproxy(t, ns, "cleanup", "--kube-proxy"); r.code != 0 {
+	r = nftproxy(t, ns, "cleanup", "--kube-proxy")
+	if r.code != 0 {
 		t.Fatalf("cleanup --kube-proxy: exit %d: %s", r.code, r.stderr)
+	}
+	if !strings.HasPrefix(r.stdout, "deleted in one transaction:\n") || !strings.Contains(r.stdout, "delete table ip kube-proxy\n") {
+		t.Errorf("cleanup --kube-proxy does not say what it deleted:\n%s", r.stdout)
 	}
 	got := ruleset(t, ns)
 	expected := testnet.NewNS(t, "expected")
@@ -132,8 +136,8 @@ table inet nftproxy {
 		t.Errorf("ruleset after cleanup --kube-proxy (-want +got):\n%s", diff)
 	}
 	// Again: nothing left, not an error.
-	if r := nftproxy(t, ns, "cleanup", "--kube-proxy"); r.code != 0 {
-		t.Errorf("second cleanup --kube-proxy: exit %d: %s", r.code, r.stderr)
+	if r := nftproxy(t, ns, "cleanup", "--kube-proxy"); r.code != 0 || !strings.HasPrefix(r.stdout, "nothing of kube-proxy's") {
+		t.Errorf("second cleanup --kube-proxy: exit %d: %s%s", r.code, r.stdout, r.stderr)
 	}
 }
 
