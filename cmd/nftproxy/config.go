@@ -122,7 +122,14 @@ func effectiveConfig(fs *flag.FlagSet) (*kubeproxyconfig.KubeProxyConfiguration,
 		held[s.flag] = ok
 	}
 	fs.Visit(func(f *flag.Flag) {
-		if !held[f.Name] {
+		name := f.Name
+		if v, ok := f.Value.(*kubeProxyValue); ok {
+			if v.spec.alias == "" {
+				return // ignored, and named in their own warning
+			}
+			name = v.spec.alias // what it set
+		}
+		if !held[name] {
 			notHeld = append(notHeld, "--"+f.Name)
 		}
 	})
@@ -144,6 +151,7 @@ func withConfigFile(fs *flag.FlagSet, writable bool, action func(ctx context.Con
 	}
 	return func(ctx context.Context) error {
 		logger := klog.FromContext(ctx)
+		kubeconfigFromFile := false
 		if *path != "" {
 			explicit := map[string]bool{}
 			fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
@@ -151,11 +159,7 @@ func withConfigFile(fs *flag.FlagSet, writable bool, action func(ctx context.Con
 			if err != nil {
 				return err
 			}
-			if !explicit["kubeconfig"] {
-				if err := checkConfigKubeconfig(fs, *path); err != nil {
-					return err
-				}
-			}
+			kubeconfigFromFile = !explicit["kubeconfig"]
 			if len(ignored) > 0 || len(unknown) > 0 {
 				logger.Info("Warning: the configuration file sets what nftproxy does not do; ignoring it",
 					"file", *path, "notApplicable", ignored, "unknown", unknown)
@@ -174,6 +178,11 @@ func withConfigFile(fs *flag.FlagSet, writable bool, action func(ctx context.Con
 			}
 			logger.Info("Wrote the configuration", "file", *writeTo)
 			return nil
+		}
+		if kubeconfigFromFile {
+			if err := checkConfigKubeconfig(fs, *path); err != nil {
+				return err
+			}
 		}
 		return action(ctx)
 	}

@@ -40,7 +40,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"run", "run the proxy daemon (the default)", configurable(runFlags, true)},
+		{"run", "run the proxy daemon (the default)", configurable(kubeProxyCompatible(runFlags), true)},
 		{"dump", "print the nft script for objects read from files", configurable(dumpFlags, false)},
 		{"sync", "program the kernel once from objects read from files", configurable(syncFlags, false)},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},

@@ -170,9 +170,9 @@ func TestHelp(t *testing.T) {
 			t.Errorf("%q: exit %d, no logging flags section:\n%s%s", tc.args, r.code, r.stdout, r.stderr)
 		case strings.Contains(own, "Commands:\n") != tc.commands || tc.commands && !strings.Contains(own, "\n  cleanup  "):
 			t.Errorf("%q: commands listed %v, want %v:\n%s", tc.args, !tc.commands, tc.commands, out)
-		case !strings.Contains(own, tc.own) || strings.Contains(own, "-vmodule"):
+		case !strings.Contains(own, tc.own) || strings.Contains(own, "\n  -vmodule "):
 			t.Errorf("%q: want %s among the command's flags and klog's apart:\n%s", tc.args, tc.own, out)
-		case !strings.Contains(logging, "-vmodule") || strings.Contains(logging, tc.own):
+		case !strings.Contains(logging, "\n  -vmodule ") || strings.Contains(logging, tc.own):
 			t.Errorf("%q: want only klog's flags under logging:\n%s", tc.args, logging)
 		}
 	}

@@ -9,6 +9,7 @@ go 1.26.0
 
 require (
 	github.com/onsi/ginkgo/v2 v2.32.0
+	github.com/spf13/pflag v1.0.10
 	k8s.io/kubernetes v1.37.2
 )
 
@@ -115,7 +116,6 @@ require (
 	github.com/russross/blackfriday/v2 v2.1.0 // indirect
 	github.com/sirupsen/logrus v1.9.4 // indirect
 	github.com/spf13/cobra v1.10.2 // indirect
-	github.com/spf13/pflag v1.0.10 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 	github.com/stretchr/testify v1.11.1 // indirect
 	github.com/vishvananda/netlink v1.3.1 // indirect
