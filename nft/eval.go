@@ -66,6 +66,10 @@ const (
 	FateDrop   Fate = "drop"
 	// FateReject: dropped, and an error (TCP reset or ICMP) sent back.
 	FateReject Fate = "reject"
+	// FateUnknown: the packet reached a rule read back from the kernel
+	// that nftproxy cannot decode (UnreadRule), the last Step; what the
+	// kernel does with it from there is unknown.
+	FateUnknown Fate = "unknown"
 )
 
 // Outcome is one way a packet can go, and its probability.
@@ -277,6 +281,7 @@ const (
 	resultDrop
 	resultJump
 	resultGoto
+	resultUnknown // a rule not read back: evaluation cannot go on
 )
 
 type result struct {
@@ -312,12 +317,15 @@ func (r *run) walk() (Outcome, error) {
 		if h == HookInput && r.p.Origin == FromHost {
 			r.p.Iifname = "lo"
 		}
-		dropped, err := r.runHook(h)
+		end, err := r.runHook(h)
 		if err != nil {
 			return Outcome{}, err
 		}
-		if dropped {
+		switch end {
+		case resultDrop:
 			return r.outcome(FateDrop), nil
+		case resultUnknown:
+			return r.outcome(FateUnknown), nil
 		}
 		// The routing decision, on the destination as DNAT left it.
 		local := r.ev.opts.IsLocal(r.p.Dst)
@@ -341,10 +349,11 @@ func (r *run) outcome(f Fate) Outcome {
 		Masquerade: r.masq, Local: r.deliveredLocal && f == FateAccept, Steps: r.steps}
 }
 
-// runHook runs the base chains of a hook and reports whether the packet was
-// dropped. An accept ends one base chain; the next one still sees the
-// packet.
-func (r *run) runHook(h Hook) (dropped bool, err error) {
+// runHook runs the base chains of a hook and returns resultDrop if the
+// packet was dropped, resultUnknown if it met a rule not read back,
+// resultContinue otherwise. An accept ends one base chain; the next one
+// still sees the packet.
+func (r *run) runHook(h Hook) (resultKind, error) {
 	r.hook, r.natDoneInHook = h, false
 	for _, c := range r.ev.hooks[h] {
 		// NAT chains are consulted until one sets up a translation.
@@ -353,13 +362,13 @@ func (r *run) runHook(h Hook) (dropped bool, err error) {
 		}
 		res, err := r.chain(c.Name, 0)
 		if err != nil {
-			return false, err
+			return 0, err
 		}
-		if res.kind == resultDrop {
-			return true, nil
+		if res.kind == resultDrop || res.kind == resultUnknown {
+			return res.kind, nil
 		}
 	}
-	return false, nil
+	return resultContinue, nil
 }
 
 // chain evaluates a chain and returns accept, drop or continue.
@@ -379,7 +388,7 @@ func (r *run) chain(name string, depth int) (result, error) {
 		switch res.kind {
 		case resultNext:
 			continue
-		case resultAccept, resultDrop:
+		case resultAccept, resultDrop, resultUnknown:
 			return res, nil
 		case resultContinue:
 			return result{kind: resultContinue}, nil
@@ -447,6 +456,11 @@ func (r *run) rule(c *Chain, i int, rule Rule) (result, error) {
 			if err != nil || !ok || (el != nil) == e.Negate {
 				return next, err
 			}
+			if el != nil && el.Comment != "" && found == nil {
+				// A commented element names what matched (a service's
+				// firewall entry): the step keeps the first one.
+				found = &Step{Set: e.Set, Element: el}
+			}
 		case VerdictMap:
 			el, ok, err := r.lookup(e.Map, e.Fields)
 			if err != nil || !ok || el == nil {
@@ -492,7 +506,7 @@ func (r *run) rule(c *Chain, i int, rule Rule) (result, error) {
 		case Verdict:
 			return record(verdictResult(e))
 		case UnreadRule:
-			return result{}, fmt.Errorf("the rule was not read back from the kernel")
+			return record(result{kind: resultUnknown})
 		default:
 			return result{}, fmt.Errorf("cannot evaluate %T", e)
 		}

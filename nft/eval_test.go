@@ -214,9 +214,20 @@ func TestEvaluateChainControl(t *testing.T) {
 func TestEvaluateUnreadRule(t *testing.T) {
 	tbl := NewTable(FamilyINet, "t")
 	c := tbl.AddChain(&Chain{Name: "pre", Base: &BaseChain{Type: ChainTypeNAT, Hook: HookPrerouting, Priority: PriorityDstNAT}})
+	c.AddRule(Match{Field: IPv4Daddr, Op: OpNeq, Value: Addr(netip.MustParseAddr("10.0.0.2"))}, Accept)
 	c.Rules = append(c.Rules, Rule{Exprs: []Expr{UnreadRule{Comment: "x"}}})
-	if _, err := Evaluate(tbl, packet(FromNetwork, ProtoTCP, "10.0.0.1", "10.0.0.2", 80), EvalOptions{}); err == nil {
-		t.Error("a rule not read back was evaluated")
+	outs, err := Evaluate(tbl, packet(FromNetwork, ProtoTCP, "10.0.0.1", "10.0.0.2", 80), EvalOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The trace goes as far as it can, and says where it stopped.
+	if len(outs) != 1 || outs[0].Fate != FateUnknown || len(outs[0].Steps) != 1 || outs[0].Steps[0].Rule != 1 {
+		t.Errorf("a rule not read back gave %+v, want one unknown fate stopping at rule 1", outs)
+	}
+	// A packet the earlier rule accepts never reaches it.
+	outs, err = Evaluate(tbl, packet(FromNetwork, ProtoTCP, "10.0.0.1", "10.0.0.3", 80), EvalOptions{})
+	if err != nil || len(outs) != 1 || outs[0].Fate != FateAccept {
+		t.Errorf("a packet accepted before the unread rule gave %+v, %v", outs, err)
 	}
 }
 

@@ -33,7 +33,13 @@ func watchLocalAddrs(ctx context.Context, update func([]netip.Addr)) error {
 	ch := make(chan netlink.AddrUpdate, 64)
 	logger := klog.FromContext(ctx)
 	if err := netlink.AddrSubscribeWithOptions(ch, ctx.Done(), netlink.AddrSubscribeOptions{
-		ErrorCallback: func(err error) { logger.Error(err, "Address watch failed") },
+		ErrorCallback: func(err error) {
+			// Ending the watch closes its socket under the receive loop,
+			// which reports that too: not a failure.
+			if ctx.Err() == nil {
+				logger.Error(err, "Address watch failed")
+			}
+		},
 	}); err != nil {
 		return fmt.Errorf("watch interface addresses: %w", err)
 	}

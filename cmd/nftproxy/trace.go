@@ -265,6 +265,9 @@ func writeSteps(w *errWriter, steps []nft.Step) {
 // describeOutcome says in words what happens to the packet.
 func describeOutcome(p nft.Packet, o nft.Outcome) string {
 	switch o.Fate {
+	case nft.FateUnknown:
+		last := o.Steps[len(o.Steps)-1]
+		return fmt.Sprintf("unknown: the kernel's chain %s has a rule nftproxy cannot read back (%s); see the warnings", last.Chain, last.Text)
 	case nft.FateDrop:
 		return "dropped: " + dropReason(o)
 	case nft.FateReject:
@@ -308,6 +311,8 @@ func dropSet(name string) string {
 		return "service port without usable endpoints"
 	case "no-endpoint-nodeports":
 		return "NodePort without usable endpoints"
+	case "firewall-ips", "firewall-nodeports":
+		return "firewall"
 	}
 	return ""
 }
@@ -326,7 +331,10 @@ func dropReason(o nft.Outcome) string {
 			continue
 		}
 		why := "it has no endpoints"
-		if s.Element.Verdict != nil && s.Element.Verdict.Kind == nft.VerdictDrop {
+		switch {
+		case what == "firewall":
+			return fmt.Sprintf("service %s: the source %s is outside its loadBalancerSourceRanges (%s)", s.Element.Comment, o.Packet.Src, s.Set)
+		case s.Element.Verdict != nil && s.Element.Verdict.Kind == nft.VerdictDrop:
 			why = "it has endpoints, but none on this node for its Local traffic policy"
 		}
 		return fmt.Sprintf("%s %s: %s (%s)", what, s.Element.Comment, why, s.Set)

@@ -141,7 +141,7 @@ func TestTraceBuiltTables(t *testing.T) {
 		name: "load balancer IP from outside its source ranges: dropped",
 		args: nodeA,
 		p:    tcp("10.9.9.9", "203.0.113.60", 443),
-		want: []string{"100.0% dropped: drop sources outside loadBalancerSourceRanges (chain firewall-check)"},
+		want: []string{"100.0% dropped: service default/edge:https: the source 10.9.9.9 is outside its loadBalancerSourceRanges (firewall-ips-v4)"},
 	}, {
 		name: "not a service: untouched",
 		args: nodeA,
@@ -359,5 +359,16 @@ func TestTraceMatchesTraffic(t *testing.T) {
 	r = nftproxy(t, c.Node, append([]string{"trace", "--kernel", "--src", "192.168.50.100", "--dst", "10.96.0.10", "--dport", "80"}, args...)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "50.0%  DNAT to 10.244.1.5:8080") || strings.Contains(r.stdout, "10.244.1.6:8080") {
 		t.Errorf("trace --kernel after deleting a slot: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// A service only the kernel has (drift from the objects) sends the
+	// packet into a chain whose rules nftproxy cannot read back: the trace
+	// warns, goes as far as it can and says where it stopped.
+	c.Node.Run(t, "nft", "add chain inet nftproxy drifted")
+	c.Node.Run(t, "nft", "add rule inet nftproxy drifted tcp dport 80 counter accept")
+	c.Node.Run(t, "nft", "add element inet nftproxy service-ips-v4 { 10.96.0.99 . tcp . 80 : goto drifted }")
+	r = nftproxy(t, c.Node, append([]string{"trace", "--kernel", "--src", "192.168.50.100", "--dst", "10.96.0.99", "--dport", "80"}, args...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "unknown: the kernel's chain drifted has a rule nftproxy cannot read back") ||
+		!strings.Contains(r.stdout+r.stderr, "chain drifted is only in the kernel") {
+		t.Errorf("trace --kernel into a chain only the kernel has: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 }
