@@ -42,7 +42,7 @@ func runFlagSet() *flag.FlagSet {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.String("v", "0", "")
 	fs.String("vmodule", "", "")
-	runFlags(fs)
+	kubeProxyCompatible(runFlags)(fs)
 	return fs
 }
 
@@ -109,7 +109,8 @@ iptables: {masqueradeAll: true}
 		name:   "the servers, the API client and the logs",
 		config: "healthzBindAddress: 127.0.0.1:20256\nmetricsBindAddress: 0.0.0.0:20249\nclientConnection: {qps: 50, burst: 100, contentType: application/json}\nlogging: {verbosity: 4, format: text, vmodule: [{filePattern: proxier, verbosity: 6}]}\n",
 		want: map[string]string{"healthz-bind-address": "127.0.0.1:20256", "metrics-bind-address": "0.0.0.0:20249",
-			"kube-api-qps": "50", "kube-api-burst": "100", "kube-api-content-type": "application/json", "v": "4", "vmodule": "proxier=6"},
+			"kube-api-qps": "50", "kube-api-burst": "100", "kube-api-content-type": "application/json", "v": "4", "vmodule": "proxier=6",
+			"logging-format": "text"},
 	}, {
 		name:   "a specific bindAddress is the node IP; an IPv6 one moves the default servers to IPv6",
 		config: "bindAddress: fd00::10\n",
@@ -124,7 +125,7 @@ iptables: {masqueradeAll: true}
 		want:    map[string]string{"nodeport-addresses": "primary,0.0.0.0/0,::/0,192.168.0.0/16"},
 		ignored: []string{"nodePortAddresses[localhost]"},
 	}, {
-		name: "conntrack sysctls, the OOM score and Windows settings are named; profiling applies",
+		name: "conntrack sysctls, the OOM score and Windows settings are named; profiling and the log format apply",
 		config: `conntrack: {maxPerCore: 32768, min: 131072, tcpEstablishedTimeout: 24h, tcpCloseWaitTimeout: 0s}
 enableProfiling: true
 oomScoreAdj: -999
@@ -135,9 +136,9 @@ logging: {format: json, flushFrequency: 5s}
 clientConnection: {acceptContentTypes: application/json}
 `,
 		ignored: []string{"clientConnection.acceptContentTypes", "configSyncPeriod", "conntrack.maxPerCore", "conntrack.min",
-			"conntrack.tcpEstablishedTimeout", "logging.flushFrequency", "logging.format", "oomScoreAdj",
+			"conntrack.tcpEstablishedTimeout", "logging.flushFrequency", "oomScoreAdj",
 			"windowsRunAsService", "winkernel.enableDSR"},
-		want: map[string]string{"profiling": "true"},
+		want: map[string]string{"profiling": "true", "logging-format": "json"},
 	}, {
 		name:    "feature gates nftproxy has are accepted, others named",
 		config:  "featureGates: {PreferSameTrafficDistribution: true, KubeProxyNFTablesLocalhostNodePorts: true}\n",

@@ -274,6 +274,7 @@ func settings() []setting {
 		durationSetting("sync-period", "syncPeriod", func(sync, _ *metav1.Duration) *metav1.Duration { return sync }),
 		durationSetting("min-sync-period", "minSyncPeriod", func(_, minSync *metav1.Duration) *metav1.Duration { return minSync }),
 		stringSetting("kubeconfig", "clientConnection.kubeconfig", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.ClientConnection.Kubeconfig }),
+		stringSetting("logging-format", "logging.format", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.Logging.Format }),
 		stringSetting("kube-api-content-type", "clientConnection.contentType", func(c *kubeproxyconfig.KubeProxyConfiguration) *string { return &c.ClientConnection.ContentType }),
 		{
 			flag: "kube-api-qps",
@@ -351,7 +352,6 @@ var honouredFeatureGates = map[string]bool{
 var alwaysApplies = map[string]func(c *kubeproxyconfig.KubeProxyConfiguration) bool{
 	"mode":                func(c *kubeproxyconfig.KubeProxyConfiguration) bool { return c.Mode == "nftables" },
 	"bindAddressHardFail": func(*kubeproxyconfig.KubeProxyConfiguration) bool { return true }, // nftproxy exits when it cannot listen
-	"logging.format":      func(c *kubeproxyconfig.KubeProxyConfiguration) bool { return c.Logging.Format == "text" },
 	"iptables.localhostNodePorts": func(c *kubeproxyconfig.KubeProxyConfiguration) bool {
 		return c.IPTables.LocalhostNodePorts != nil && !*c.IPTables.LocalhostNodePorts
 	},

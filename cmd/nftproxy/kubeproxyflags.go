@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 
+	logsapi "k8s.io/component-base/logs/api/v1"
+	_ "k8s.io/component-base/logs/json/register" // --logging-format=json
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
@@ -54,7 +56,7 @@ func kubeProxyFlags() map[string]kubeProxyFlag {
 		"bind-address-hard-fail":   {boolean: true, accepts: equals("true"), does: "nftproxy always exits when it cannot listen; false is named in the warning"},
 		"iptables-localhost-nodeports": {boolean: true, accepts: equals("false"),
 			does: "nftproxy never serves NodePorts on localhost (as kube-proxy's nftables mode); true is named in the warning"},
-		"logging-format":                    {accepts: equals("text"), does: "text is what nftproxy writes; json is named in the warning"},
+		"logging-format":                    {accepts: func(v string) bool { return v == "text" || v == "json" }, does: "text (klog's, the default) or json (k8s.io/component-base/logs' JSON format, one object per line on standard error)"},
 		"config-sync-period":                {does: "ignored, named in the warning: nftproxy's informers never replay their cache; --sync-period checks the kernel"},
 		"oom-score-adj":                     {does: "ignored, named in the warning: the kubelet sets it from the Pod's QoS class"},
 		"healthz-port":                      {does: "ignored, named in the warning: deprecated in kube-proxy; use --healthz-bind-address"},
@@ -88,12 +90,11 @@ type kubeProxyValue struct {
 	value string
 }
 
+// String is the value given to this flag: an alias's effect shows in its
+// target.
 func (v *kubeProxyValue) String() string {
 	if v == nil {
 		return ""
-	}
-	if v.alias != nil {
-		return v.alias.String()
 	}
 	return v.value
 }
@@ -130,6 +131,11 @@ func kubeProxyCompatible(flags func(fs *flag.FlagSet) func(ctx context.Context) 
 			values[name] = v
 		}
 		return func(ctx context.Context) error {
+			if values["logging-format"].value == "json" {
+				if err := logJSON(fs); err != nil {
+					return err
+				}
+			}
 			logger := klog.FromContext(ctx)
 			set := map[string]bool{}
 			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -192,4 +198,19 @@ func parseFeatureGates(s string) (map[string]bool, error) {
 		gates[strings.TrimSpace(k)] = on
 	}
 	return gates, nil
+}
+
+// logJSON sends klog's output, and so every logger of the process, to
+// component-base's JSON logger at the verbosity of -v: what kube-proxy's
+// --logging-format=json does.
+func logJSON(fs *flag.FlagSet) error {
+	c := logsapi.NewLoggingConfiguration()
+	c.Format = "json"
+	if err := logsapi.VerbosityLevelPflag(&c.Verbosity).Set(fs.Lookup("v").Value.String()); err != nil {
+		return fmt.Errorf("-v: %w", err)
+	}
+	if err := logsapi.ValidateAndApply(c, nil); err != nil {
+		return fmt.Errorf("--logging-format=json: %w", err)
+	}
+	return nil
 }

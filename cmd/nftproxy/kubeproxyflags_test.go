@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,6 +99,18 @@ func TestKubeProxyFlagsInUse(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stderr, `flags=["conntrack-max-per-core","feature-gates.Foo","ipvs-strict-arp","proxy-mode"]`) ||
 		!strings.Contains(r.stderr, "load client configuration") {
 		t.Errorf("ignored flags: exit %d, %s", r.code, r.stderr)
+	}
+	// JSON logs, as kube-proxy's --logging-format=json writes them: the
+	// warning is a JSON object.
+	r = nftproxy(t, nil, "run", "--logging-format=json", "--kubeconfig", filepath.Join(dir, "missing"), "--proxy-mode=ipvs")
+	first, _, _ := strings.Cut(r.stderr, "\n")
+	var line struct {
+		Msg   string   `json:"msg"`
+		Flags []string `json:"flags"`
+	}
+	if err := json.Unmarshal([]byte(first), &line); err != nil || !strings.HasPrefix(line.Msg, "Warning: kube-proxy flags") ||
+		!slices.Equal(line.Flags, []string{"proxy-mode"}) {
+		t.Errorf("--logging-format=json: first line %q (%v), want the warning as JSON naming only proxy-mode", first, err)
 	}
 	if r := nftproxy(t, nil, "run", "--feature-gates=Foo"); r.code != 1 || !strings.Contains(r.stderr, "--feature-gates") {
 		t.Errorf("a malformed --feature-gates: exit %d, %s", r.code, r.stderr)
