@@ -38,7 +38,7 @@ type kubeProxyFlag struct {
 func equals(want string) func(string) bool { return func(v string) bool { return v == want } }
 
 const (
-	ignoredSysctl  = "ignored, named in the warning: nftproxy runs without write access to /proc/sys; set the sysctl on the node"
+	ignoredSysctl  = "applied by --init-only and `nftproxy init` (a privileged init container), as kube-proxy applies them; the daemon, without write access to /proc/sys, names it in the warning"
 	ignoredIPVS    = "ignored, named in the warning: IPVS mode only"
 	ignoredLogging = "ignored, named in the warning: nftproxy logs through klog's flags (-v, --vmodule…)"
 )
@@ -50,7 +50,7 @@ func kubeProxyFlags() map[string]kubeProxyFlag {
 		"iptables-sync-period":     {alias: "sync-period", does: "sets --sync-period"},
 		"iptables-min-sync-period": {alias: "min-sync-period", does: "sets --min-sync-period"},
 		"cleanup":                  {boolean: true, does: "runs `nftproxy cleanup` (deletes nftproxy's table) and exits"},
-		"init-only":                {boolean: true, does: "exits at once: nftproxy needs no initialisation with more privileges than NET_ADMIN"},
+		"init-only":                {boolean: true, does: "applies the conntrack sysctls of the --conntrack-* flags as kube-proxy does (`nftproxy init`) and exits"},
 		"feature-gates":            {does: "accepted; gates whose behaviour nftproxy has (PreferSameTrafficDistribution=true) are honoured, others named in the warning"},
 		"proxy-mode":               {accepts: equals("nftables"), does: "nftables is what nftproxy does; another mode is named in the warning"},
 		"bind-address-hard-fail":   {boolean: true, accepts: equals("true"), does: "nftproxy always exits when it cannot listen; false is named in the warning"},
@@ -139,6 +139,9 @@ func kubeProxyCompatible(flags func(fs *flag.FlagSet) func(ctx context.Context) 
 			logger := klog.FromContext(ctx)
 			set := map[string]bool{}
 			fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if values["init-only"].value == "true" {
+				return initOnly(ctx, values, set)
+			}
 			ignored, err := ignoredKubeProxyFlags(values, set)
 			if err != nil {
 				return err
@@ -146,16 +149,28 @@ func kubeProxyCompatible(flags func(fs *flag.FlagSet) func(ctx context.Context) 
 			if len(ignored) > 0 {
 				logger.Info("Warning: kube-proxy flags that nftproxy does not use; ignoring them", "flags", ignored)
 			}
-			switch {
-			case values["cleanup"].value == "true":
+			if values["cleanup"].value == "true" {
 				return cleanupTable(ctx, nft.NewKernel(), os.Stdout)
-			case values["init-only"].value == "true":
-				logger.Info("Nothing to initialise (--init-only): nftproxy needs only NET_ADMIN")
-				return nil
 			}
 			return action(ctx)
 		}
 	}
+}
+
+// initOnly does what kube-proxy's --init-only does: apply the conntrack
+// sysctls of its --conntrack-* flags (and their defaults), as `nftproxy
+// init`, then exit.
+func initOnly(ctx context.Context, values map[string]*kubeProxyValue, set map[string]bool) error {
+	fs := flag.NewFlagSet("conntrack", flag.ContinueOnError)
+	c := addConntrackFlags(fs)
+	for name, v := range values {
+		if set[name] && strings.HasPrefix(name, "conntrack-") {
+			if err := fs.Set(name, v.value); err != nil {
+				return fmt.Errorf("--%s: %w", name, err)
+			}
+		}
+	}
+	return applyConntrack(ctx, sysctls{root: "/"}, c, numCPU())
 }
 
 // ignoredKubeProxyFlags names the kube-proxy flags among set whose values

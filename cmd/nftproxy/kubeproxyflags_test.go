@@ -118,10 +118,6 @@ func TestKubeProxyFlagsInUse(t *testing.T) {
 	if r := nftproxy(t, nil, "run", "--cleanup=maybe"); r.code != 2 {
 		t.Errorf("a boolean flag with a non-boolean value: exit %d, %s", r.code, r.stderr)
 	}
-	// kube-proxy's init container flag exits at once.
-	if r := nftproxy(t, nil, "run", "--init-only", "--kubeconfig", filepath.Join(dir, "missing")); r.code != 0 {
-		t.Errorf("--init-only: exit %d, %s", r.code, r.stderr)
-	}
 }
 
 // TestKubeProxyCleanupFlag checks that run --cleanup is cleanup.

@@ -12,6 +12,7 @@
 //	                              what the rules do with a packet
 //	nftproxy trace --live ...     and the kernel's trace of real packets
 //	nftproxy top                  the service counters, live
+//	nftproxy init                 set the conntrack sysctls as kube-proxy does
 //	nftproxy help [command]       the commands, and a command's flags
 package main
 
@@ -44,6 +45,7 @@ func commands() []command {
 		{"dump", "print the nft script for objects read from files", configurable(dumpFlags, false)},
 		{"sync", "program the kernel once from objects read from files", configurable(syncFlags, false)},
 		{"cleanup", "delete nftproxy's nftables table", cleanupFlags},
+		{"init", "apply kube-proxy's conntrack sysctls (in a privileged init container) and exit", initFlags},
 		{"diff", "show what the next sync would change in the kernel (exit status 1 if anything)", diffFlags},
 		{"trace", "explain what the rules do with a packet", traceFlags},
 		{"top", "show the service counters live, busiest first (--service-counters)", topFlags},
