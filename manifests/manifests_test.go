@@ -113,13 +113,16 @@ func TestEveryObjectInOneNamespace(t *testing.T) {
 }
 
 // TestRBAC checks that nftproxy may read what it watches and write only
-// Events.
+// Events (and create the reviews of the debug endpoints' access checks).
 func TestRBAC(t *testing.T) {
 	objs := objects(t)
 	role := get[*rbacv1.ClusterRole](t, objs, "ClusterRole nftproxy")
 	for _, r := range role.Rules {
 		events := slices.Equal(r.Resources, []string{"events"})
 		allowed := []string{"get", "list", "watch"}
+		if reviews := slices.Equal(r.Resources, []string{"tokenreviews"}) || slices.Equal(r.Resources, []string{"subjectaccessreviews"}); reviews {
+			allowed = []string{"create"}
+		}
 		if events {
 			allowed = []string{"create", "patch", "update"}
 			for _, g := range r.APIGroups {
@@ -145,6 +148,10 @@ func TestRBAC(t *testing.T) {
 				t.Errorf("ClusterRole does not allow %s %s.%s", verb, want.resource, want.group)
 			}
 		}
+	}
+	// The debug endpoints' access checks.
+	if !allows(role.Rules, "authentication.k8s.io", "tokenreviews", "create") || !allows(role.Rules, "authorization.k8s.io", "subjectaccessreviews", "create") {
+		t.Error("ClusterRole does not allow creating tokenreviews and subjectaccessreviews")
 	}
 	for _, group := range []string{"", "events.k8s.io"} {
 		for _, verb := range []string{"create", "patch", "update"} {

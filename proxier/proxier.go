@@ -556,6 +556,16 @@ func (p *Proxier) config() Config {
 	return cfg
 }
 
+// Objects returns the configuration and the objects the daemon holds, as
+// Build takes them: what the next sync builds its rules from (the rules
+// the kernel holds once that sync is done). For the debug endpoints.
+func (p *Proxier) Objects() (Config, State) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	in := p.allObjects()
+	return in.cfg, in.state
+}
+
 // allObjects returns every recorded object; p.mu is held. Map order does
 // not matter: the build sorts what it reads.
 func (p *Proxier) allObjects() syncInput {

@@ -117,6 +117,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			addDebugHandlers(mux, p, debugGuard(*metricsAddr, client))
 			if err := serveHTTP(ctx, *metricsAddr, mux); err != nil {
 				return err
 			}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"flag"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/nftproxy/nftproxy/internal/testnet"
+	"github.com/nftproxy/nftproxy/proxier"
+	"github.com/nftproxy/nftproxy/proxier/objects"
+)
+
+// reviewingClient is an API server that knows two tokens: alice's, who may
+// get /debug/*, and bob's, who may not.
+func reviewingClient() *fake.Clientset {
+	c := fake.NewClientset()
+	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+		switch tr.Spec.Token {
+		case "alice-token":
+			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "alice", Groups: []string{"ops"}}}
+		case "bob-token":
+			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, User: authenticationv1.UserInfo{Username: "bob"}}
+		default:
+			tr.Status = authenticationv1.TokenReviewStatus{Error: "invalid token"}
+		}
+		return true, tr, nil
+	})
+	c.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		sar := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SubjectAccessReview)
+		na := sar.Spec.NonResourceAttributes
+		sar.Status.Allowed = sar.Spec.User == "alice" && sar.Spec.Groups[0] == "ops" && na != nil && na.Verb == "get" && strings.HasPrefix(na.Path, "/debug/")
+		return true, sar, nil
+	})
+	return c
+}
+
+func TestDebugGuard(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
+	client := reviewingClient()
+	for _, tc := range []struct {
+		addr, token string
+		code        int
+	}{
+		{"127.0.0.1:10249", "", 200}, // loopback: the node's root only
+		{"[::1]:10249", "", 200},
+		{"0.0.0.0:10249", "", 401},
+		{":10249", "", 401},
+		{"0.0.0.0:10249", "forged", 401},
+		{"0.0.0.0:10249", "bob-token", 403},
+		{"0.0.0.0:10249", "alice-token", 200},
+	} {
+		r := httptest.NewRequest("GET", "/debug/dump", nil)
+		if tc.token != "" {
+			r.Header.Set("Authorization", "Bearer "+tc.token)
+		}
+		w := httptest.NewRecorder()
+		debugGuard(tc.addr, client)(ok).ServeHTTP(w, r)
+		if w.Code != tc.code {
+			t.Errorf("%s with token %q: %d %s, want %d", tc.addr, tc.token, w.Code, w.Body, tc.code)
+		}
+	}
+}
+
+// fixedObjects stands for the daemon's proxier.
+type fixedObjects struct {
+	cfg proxier.Config
+	st  proxier.State
+}
+
+func (f fixedObjects) Objects() (proxier.Config, proxier.State) { return f.cfg, f.st }
+
+// exampleObjects are the bundled examples as the daemon of node-a would
+// hold them, with the flags of testdata/examples.nft.
+func exampleObjects(t *testing.T) fixedObjects {
+	t.Helper()
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	ff := addFileFlags(fs)
+	if err := fs.Parse([]string{"--objects", "../../examples", "--cluster-cidr", "10.244.0.0/16"}); err != nil {
+		t.Fatal(err)
+	}
+	set, err := objects.Load(ff.objects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := ff.rules.config("node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var node *v1.Node
+	for _, n := range set.Nodes {
+		if n.Name == "node-a" {
+			node = n
+		}
+	}
+	return fixedObjects{cfg, proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node}}
+}
+
+func serve(mux *http.ServeMux, path string) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, httptest.NewRequest("GET", path, nil))
+	return w
+}
+
+// TestDebugEndpoints checks /debug/dump against dump's golden output, and
+// /debug/diff and /debug/trace against a kernel holding the same rules, in
+// a network namespace.
+func TestDebugEndpoints(t *testing.T) {
+	mux := http.NewServeMux()
+	open := func(h http.Handler) http.Handler { return h }
+	addDebugHandlers(mux, exampleObjects(t), open)
+
+	w := serve(mux, "/debug/dump")
+	golden, err := os.ReadFile(filepath.Join("testdata", "examples.nft"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(string(golden), w.Body.String()); w.Code != 200 || diff != "" {
+		t.Errorf("/debug/dump: %d, differs from dump's output (-dump +endpoint):\n%s", w.Code, diff)
+	}
+	if w := serve(mux, "/debug/trace?src=10.244.1.5&dst=10.96.0.10"); w.Code != 400 {
+		t.Errorf("/debug/trace without dport: %d %s", w.Code, w.Body)
+	}
+
+	testnet.RequireRoot(t)
+	ns := testnet.NewNS(t, "debug")
+	if r := nftproxy(t, ns, "sync", "--once", "--objects", "../../examples", "--hostname", "node-a", "--cluster-cidr", "10.244.0.0/16"); r.code != 0 {
+		t.Fatalf("sync: %s", r.stderr)
+	}
+	// The handlers' kernel sockets are born in the namespace of the thread
+	// that serves them.
+	var diff, trace *httptest.ResponseRecorder
+	if err := ns.Do(func() error {
+		diff = serve(mux, "/debug/diff")
+		trace = serve(mux, "/debug/trace?src=10.244.1.5&dst=10.96.0.10&dport=80&from=network")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if diff.Code != 200 || diff.Body.Len() != 0 {
+		t.Errorf("/debug/diff of a synced kernel: %d\n%s", diff.Code, diff.Body)
+	}
+	if trace.Code != 200 || !strings.Contains(trace.Body.String(), "service default/web:http") ||
+		!strings.Contains(trace.Body.String(), "33.3%  DNAT to 10.244.1.6:8080, forwarded, source kept") {
+		t.Errorf("/debug/trace: %d\n%s", trace.Code, trace.Body)
+	}
+	// A change the kernel does not have shows in the diff.
+	ns.Run(t, "nft", "delete element inet nftproxy service-ips-v4 { 10.96.0.10 . tcp . 80 }")
+	if err := ns.Do(func() error { diff = serve(mux, "/debug/diff"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(diff.Body.String(), "10.96.0.10 . tcp . 80") {
+		t.Errorf("/debug/diff after deleting an element:\n%s", diff.Body)
+	}
+}
