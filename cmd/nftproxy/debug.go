@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -76,34 +75,11 @@ func addDebugHandlers(mux *http.ServeMux, src objectSource, guard func(http.Hand
 		if err != nil {
 			return err
 		}
-		tbl, warnings, err := traceTable(r.Context(), want, nft.NewKernel())
+		tr, err := tracePacket(r.Context(), want, nft.NewKernel(), p, traceOrigin{from: q.Get("from"), iif: cmp.Or(q.Get("iif"), "eth0")})
 		if err != nil {
 			return err
 		}
-		local, err := localAddresses(want, false, nil)
-		if err != nil {
-			return err
-		}
-		isLocal := func(a netip.Addr) bool { return slices.Contains(local, a) }
-		switch q.Get("from") {
-		case "":
-			if isLocal(p.Src) {
-				p.Origin = nft.FromHost
-			}
-		case "host":
-			p.Origin = nft.FromHost
-		case "network":
-		default:
-			return badRequest{fmt.Errorf("from %q: want network or host", q.Get("from"))}
-		}
-		if p.Origin == nft.FromNetwork {
-			p.Iifname = cmp.Or(q.Get("iif"), "eth0")
-		}
-		outs, err := nft.Evaluate(tbl, p, nft.EvalOptions{IsLocal: isLocal})
-		if err != nil {
-			return err
-		}
-		return writeTrace(w, p, outs, warnings, q.Get("paths") == "true")
+		return writeTrace(w, tr.packet, tr.outcomes, tr.warnings, q.Get("paths") == "true")
 	})))
 }
 

@@ -52,38 +52,70 @@ func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if !offline {
 			k = nft.NewKernel()
 		}
-		tbl, warnings, err := traceTable(ctx, want, k)
+		tr, err := tracePacket(ctx, want, k, p, traceOrigin{from: *from, iif: *iif, extraLocal: extraLocal, offline: offline})
 		if err != nil {
 			return err
 		}
-		local, err := localAddresses(want, offline, extraLocal)
-		if err != nil {
-			return err
-		}
-		isLocal := func(a netip.Addr) bool { return slices.Contains(local, a) }
-		switch *from {
-		case "":
-			if isLocal(p.Src) {
-				p.Origin = nft.FromHost
-			}
-		case "host":
-			p.Origin = nft.FromHost
-		case "network":
-		default:
-			return fmt.Errorf("--from %q: want network or host", *from)
-		}
-		if p.Origin == nft.FromNetwork {
-			p.Iifname = *iif
-		}
-		outs, err := nft.Evaluate(tbl, p, nft.EvalOptions{IsLocal: isLocal})
-		if err != nil {
-			return err
-		}
+		p, tbl, outs, warnings := tr.packet, tr.table, tr.outcomes, tr.warnings
 		if err := writeTrace(os.Stdout, p, outs, warnings, *allPaths); err != nil || !*live.enabled {
 			return err
 		}
 		return liveTrace(ctx, os.Stdout, p, tbl, liveOpts)
 	}
+}
+
+// traceOrigin says where a traced packet comes from.
+type traceOrigin struct {
+	// from is "host", "network" or "" (host if the source is local).
+	from string
+	// iif is the interface a packet from the network arrives on.
+	iif string
+	// extraLocal are more addresses of this host.
+	extraLocal []string
+	// offline: the node's addresses are the objects', not the host's.
+	offline bool
+}
+
+// traced is a packet's trace: the packet as it enters, the table it went
+// through, its outcomes, and what the table's reading warned of.
+type traced struct {
+	packet   nft.Packet
+	table    *nft.Table
+	outcomes []nft.Outcome
+	warnings []string
+}
+
+// tracePacket evaluates p through the wanted table, or through the
+// kernel's (traceTable) when k is not nil.
+func tracePacket(ctx context.Context, want *wanted, k *nft.Kernel, p nft.Packet, o traceOrigin) (traced, error) {
+	tbl, warnings, err := traceTable(ctx, want, k)
+	if err != nil {
+		return traced{}, err
+	}
+	local, err := localAddresses(want, o.offline, o.extraLocal)
+	if err != nil {
+		return traced{}, err
+	}
+	isLocal := func(a netip.Addr) bool { return slices.Contains(local, a) }
+	switch o.from {
+	case "":
+		if isLocal(p.Src) {
+			p.Origin = nft.FromHost
+		}
+	case "host":
+		p.Origin = nft.FromHost
+	case "network":
+	default:
+		return traced{}, badRequest{fmt.Errorf("--from (from=) %q: want network or host", o.from)}
+	}
+	if p.Origin == nft.FromNetwork {
+		p.Iifname = o.iif
+	}
+	outs, err := nft.Evaluate(tbl, p, nft.EvalOptions{IsLocal: isLocal})
+	if err != nil {
+		return traced{}, err
+	}
+	return traced{packet: p, table: tbl, outcomes: outs, warnings: warnings}, nil
 }
 
 func parsePacket(src, dst string, dport uint, proto string) (nft.Packet, error) {
