@@ -7,8 +7,14 @@
 # builds the same image from source in a golang builder.
 FROM scratch
 ARG VERSION=devel
+ARG REVISION=unknown
+ARG CREATED
+ARG GO_VERSION
 LABEL org.opencontainers.image.title=nftproxy \
       org.opencontainers.image.description="kube-proxy replacement programming nftables through netlink" \
-      org.opencontainers.image.version=$VERSION
+      org.opencontainers.image.version=$VERSION \
+      org.opencontainers.image.revision=$REVISION \
+      org.opencontainers.image.created=$CREATED \
+      io.nftproxy.go-version=$GO_VERSION
 COPY nftproxy /nftproxy
 ENTRYPOINT ["/nftproxy"]

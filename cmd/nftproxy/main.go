@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"k8s.io/klog/v2"
@@ -53,12 +54,23 @@ func commands() []command {
 	}
 }
 
-// version is set at build time: -ldflags "-X main.version=v1.2.3".
-var version = "devel"
+// version and commit are set at build time (hack/image.sh):
+// -ldflags "-X main.version=v1.2.3 -X main.commit=<sha>".
+var version, commit = "devel", ""
+
+// versionLine is what --version prints: the version, then the commit and
+// the Go version it was built from.
+func versionLine() string {
+	build := runtime.Version()
+	if commit != "" {
+		build = "commit " + commit + ", " + build
+	}
+	return fmt.Sprintf("nftproxy %s (%s)", version, build)
+}
 
 func versionFlags(*flag.FlagSet) func(ctx context.Context) error {
 	return func(context.Context) error {
-		_, err := fmt.Println("nftproxy", version)
+		_, err := fmt.Println(versionLine())
 		return err
 	}
 }
@@ -90,7 +102,7 @@ func run(args []string) int {
 		return 2
 	}
 	if *showVersion {
-		fmt.Println("nftproxy", version)
+		fmt.Println(versionLine())
 		return 0
 	}
 	if fs.NArg() > 0 {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -131,7 +132,7 @@ func TestCommandErrors(t *testing.T) {
 		{"sync without --once is refused", []string{"sync", "--objects", "../../examples"}, 1, "only --once"},
 	}
 	for _, args := range [][]string{{"--version"}, {"version"}, {"run", "--config", "missing.yaml", "--version"}, {"cleanup", "-version"}} {
-		if r := nftproxy(t, nil, args...); r.code != 0 || r.stdout != "nftproxy devel\n" {
+		if r := nftproxy(t, nil, args...); r.code != 0 || r.stdout != "nftproxy devel ("+runtime.Version()+")\n" {
 			t.Errorf("%q: exit %d, %q", args, r.code, r.stdout)
 		}
 	}
