@@ -24,11 +24,21 @@ import (
 // three.
 const NumNodes = 3
 
+// ClusterEnv names, when set, a real-node cluster apart from the default
+// one, so that two run at once (run.sh runs the upstream selection beside
+// the other suites): its namespaces, cgroups and state are its own; its
+// addresses are the same, each inside its own namespaces.
+const ClusterEnv = "NFTPROXY_REALNODE_CLUSTER"
+
 // Network is the real-node cluster's network, beside the e2e suite's
 // (192.168.77.0/24) and the benchmarks' (192.168.78.0/24).
 func Network() harness.Network {
+	prefix := "nftproxy-rn-"
+	if name := os.Getenv(ClusterEnv); name != "" {
+		prefix = "nftproxy-rn" + name + "-"
+	}
 	return harness.Network{
-		Prefix:         "nftproxy-rn-",
+		Prefix:         prefix,
 		LAN:            netip.MustParsePrefix("192.168.79.0/24"),
 		ControlPlaneIP: netip.MustParseAddr("192.168.79.2"),
 		APIPort:        6443,
@@ -70,10 +80,13 @@ func Paths() (harness.Paths, error) {
 	if err != nil {
 		return p, err
 	}
-	cache := filepath.Dir(p.Bin)
-	p.State = filepath.Join(cache, "realnode", "state")
-	p.Logs = filepath.Join(cache, "realnode", "logs")
-	p.Results = filepath.Join(cache, "realnode", "results")
+	base := filepath.Join(filepath.Dir(p.Bin), "realnode")
+	if name := os.Getenv(ClusterEnv); name != "" {
+		base += "-" + name
+	}
+	p.State = filepath.Join(base, "state")
+	p.Logs = filepath.Join(base, "logs")
+	p.Results = filepath.Join(base, "results")
 	return p, nil
 }
 

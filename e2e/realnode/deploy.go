@@ -59,7 +59,8 @@ func Start(ctx context.Context, root string, opts StartOptions) (*Cluster, error
 		testImages = append(testImages, "kube-proxy.tar")
 	}
 	for _, name := range testImages {
-		archive := filepath.Join(filepath.Dir(paths.State), "testimages", name)
+		// testimages.sh's, whichever cluster this is.
+		archive := filepath.Join(filepath.Dir(paths.Bin), "realnode", "testimages", name)
 		if _, err := os.Stat(archive); err != nil {
 			return nil, fmt.Errorf("test image missing (run e2e/realnode/testimages.sh): %w", err)
 		}

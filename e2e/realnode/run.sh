@@ -8,21 +8,24 @@
 # e2e/realnode/overlay and checks it with real pods, and tears the cluster
 # down whatever happens: TestRealNodes, the e2e scenarios with
 # -cluster=realnode, TestMigration (kube-proxy to nftproxy and back, with
-# traffic), then TestUpstream, the upstream selection (upstream.go).
+# traffic), and beside them, on a second cluster, TestUpstream, the
+# upstream selection (upstream.go).
 # It ends with the upstream run's line "upstream-e2e: N passed, M failed, K
 # skipped". Run it as root; extra arguments go to every go test run.
 #
 #   e2e/realnode/run.sh        the suite
-#   e2e/realnode/run.sh down   tear down what a killed run left
+#   e2e/realnode/run.sh down   tear down what a killed run left (both clusters)
 #
-# Touches nothing outside the nftproxy-rn-* network namespaces, the nodes'
-# cgroups (/sys/fs/cgroup/*/nftproxy-rn-node*) and .cache/realnode.
+# Touches nothing outside the nftproxy-rn-* and nftproxy-rnu-* network
+# namespaces, the nodes' cgroups (/sys/fs/cgroup/*/nftproxy-rn*-node*) and
+# .cache/realnode*.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ $(id -u) == 0 ]] || { echo "realnode: run as root" >&2; exit 1; }
 
 if [[ ${1:-} == down ]]; then
-	exec go run ./e2e/realnode/cmd/realnode-down
+	go run ./e2e/realnode/cmd/realnode-down
+	NFTPROXY_REALNODE_CLUSTER=u exec go run ./e2e/realnode/cmd/realnode-down
 fi
 
 need=()
@@ -43,18 +46,33 @@ bash e2e/realnode/testimages.sh
 go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
 # The scenarios' dump check runs the binary too (the image is built apart).
 go build -o .cache/bin/nftproxy ./cmd/nftproxy
-.cache/bin/realnode-down
-trap '.cache/bin/realnode-down || true' EXIT
+# The upstream selection runs on a second cluster (NFTPROXY_REALNODE_CLUSTER,
+# namespaces nftproxy-rnu-*) beside the other suites: it takes longest and
+# mostly waits out timeouts.
+down() {
+	.cache/bin/realnode-down || true
+	NFTPROXY_REALNODE_CLUSTER=u .cache/bin/realnode-down || true
+}
+down
+trap down EXIT
 
 start=$SECONDS
 status=0
+upstream=.cache/realnode-u
+rm -rf "$upstream/results"
+mkdir -p "$upstream"
+NFTPROXY_REALNODE_CLUSTER=u go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" \
+	>"$upstream/test.log" 2>&1 &
+upstream_pid=$!
 # The smoke test (DaemonSet ready, traffic from outside, a node and a pod),
-# then the e2e scenarios on a cluster of their own (-cluster=realnode).
+# the e2e scenarios on a cluster of their own (-cluster=realnode), the
+# migration from kube-proxy and back.
 go test -tags realnode ./e2e/realnode -run TestRealNodes -count=1 -timeout 20m -v "$@" || status=$?
 go test -tags e2e ./e2e -run TestE2E -cluster=realnode -count=1 -timeout 20m -v "$@" || status=$?
 go test -tags realnode ./e2e/realnode -run TestMigration -count=1 -timeout 30m -v "$@" || status=$?
-rm -f .cache/realnode/results/upstream-nftproxy.txt
-go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" || status=$?
-echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs, upstream reports in .cache/realnode/results/upstream-nftproxy"
-cat .cache/realnode/results/upstream-nftproxy.txt 2>/dev/null || echo "upstream-e2e: no result (see the TestUpstream output above)"
+wait "$upstream_pid" || status=$?
+echo "=== TestUpstream (cluster nftproxy-rnu-*, ran beside the suites above)"
+cat "$upstream/test.log"
+echo "realnode: suites ran in $((SECONDS - start))s; logs in .cache/realnode/logs and $upstream/logs, upstream reports in $upstream/results/upstream-nftproxy"
+cat "$upstream/results/upstream-nftproxy.txt" 2>/dev/null || echo "upstream-e2e: no result (see the TestUpstream output above)"
 exit $status
