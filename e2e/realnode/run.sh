@@ -50,6 +50,11 @@ go build -o .cache/bin/nftproxy ./cmd/nftproxy
 # namespaces nftproxy-rnu-*) beside the other suites: it takes longest and
 # mostly waits out timeouts.
 down() {
+	# A run stopped early also stops the suite running in the background.
+	if [[ -n ${upstream_pid:-} ]] && kill -0 "$upstream_pid" 2>/dev/null; then
+		kill "$upstream_pid" 2>/dev/null || true
+		wait "$upstream_pid" 2>/dev/null || true
+	fi
 	.cache/bin/realnode-down || true
 	NFTPROXY_REALNODE_CLUSTER=u .cache/bin/realnode-down || true
 }
