@@ -52,7 +52,7 @@ go build -o .cache/bin/nftproxy ./cmd/nftproxy
 down() {
 	# A run stopped early also stops the suite running in the background.
 	if [[ -n ${upstream_pid:-} ]] && kill -0 "$upstream_pid" 2>/dev/null; then
-		kill "$upstream_pid" 2>/dev/null || true
+		kill -- "-$upstream_pid" 2>/dev/null || true
 		wait "$upstream_pid" 2>/dev/null || true
 	fi
 	.cache/bin/realnode-down || true
@@ -66,7 +66,9 @@ status=0
 upstream=.cache/realnode-u
 rm -rf "$upstream/results"
 mkdir -p "$upstream"
-NFTPROXY_REALNODE_CLUSTER=u go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" \
+# In a process group of its own (setsid), so that stopping it stops the
+# test binary under go test too.
+NFTPROXY_REALNODE_CLUSTER=u setsid go test -tags realnode ./e2e/realnode -run TestUpstream -count=1 -timeout 70m -v "$@" \
 	>"$upstream/test.log" 2>&1 &
 upstream_pid=$!
 # The smoke test (DaemonSet ready, traffic from outside, a node and a pod),
