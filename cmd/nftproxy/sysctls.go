@@ -73,12 +73,21 @@ const (
 )
 
 // conntrackMax is kube-proxy's nf_conntrack_max for c on numCPU CPUs, 0
-// to leave it.
+// to leave it: the per-core figure, capped, unless the minimum is larger
+// (the cap applies to the per-core figure only, as in kube-proxy's
+// getConntrackMax).
 func conntrackMax(c *conntrackSettings, numCPU int) int {
 	if c.maxPerCore <= 0 {
 		return 0
 	}
-	return min(conntrackMaxLimit, max(c.maxPerCore*numCPU, c.min))
+	switch scaled := c.maxPerCore * numCPU; {
+	case scaled > conntrackMaxLimit:
+		return conntrackMaxLimit
+	case scaled > c.min:
+		return scaled
+	default:
+		return c.min
+	}
 }
 
 // applyConntrack sets the conntrack sysctls of c exactly as kube-proxy's

@@ -61,6 +61,11 @@ func TestApplyConntrack(t *testing.T) {
 		cpus:   2,
 		want:   map[string]int{"nf_conntrack_max": 2000000, "hashsize": 32768},
 	}, {
+		name:   "a minimum above the cap is kube-proxy's value: the cap bounds the per-core figure only",
+		change: func(c *conntrackSettings, _ map[string]string) { c.min = 2000000 },
+		cpus:   2,
+		want:   map[string]int{"nf_conntrack_max": 2000000, "hashsize": 500000},
+	}, {
 		name: "capped at 1Mi entries",
 		cpus: 64,
 		want: map[string]int{"nf_conntrack_max": 1048576, "hashsize": 262144},
