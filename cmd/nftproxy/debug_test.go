@@ -12,14 +12,12 @@ import (
 	"github.com/google/go-cmp/cmp"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
 	"github.com/nftproxy/nftproxy/proxier"
-	"github.com/nftproxy/nftproxy/proxier/objects"
 )
 
 // reviewingClient is an API server that knows two tokens: alice's, who may
@@ -88,24 +86,14 @@ func exampleObjects(t *testing.T) fixedObjects {
 	t.Helper()
 	fs := flag.NewFlagSet("", flag.ContinueOnError)
 	ff := addFileFlags(fs)
-	if err := fs.Parse([]string{"--objects", "../../examples", "--cluster-cidr", "10.244.0.0/16"}); err != nil {
+	if err := fs.Parse([]string{"--objects", "../../examples", "--hostname", "node-a", "--cluster-cidr", "10.244.0.0/16"}); err != nil {
 		t.Fatal(err)
 	}
-	set, err := objects.Load(ff.objects)
+	cfg, st, err := ff.load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := ff.rules.config("node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var node *v1.Node
-	for _, n := range set.Nodes {
-		if n.Name == "node-a" {
-			node = n
-		}
-	}
-	return fixedObjects{cfg, proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node}}
+	return fixedObjects{cfg, st}
 }
 
 func serve(mux *http.ServeMux, path string) *httptest.ResponseRecorder {

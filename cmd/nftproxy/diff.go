@@ -20,7 +20,6 @@ import (
 
 	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier"
-	"github.com/nftproxy/nftproxy/proxier/objects"
 )
 
 // wantFlags say where the wanted table comes from: object files, as for
@@ -49,24 +48,10 @@ type wanted struct {
 // build builds the wanted table from the files or the API server.
 func (w *wantFlags) build(ctx context.Context) (*wanted, error) {
 	if len(w.files.objects) > 0 {
-		set, err := objects.Load(w.files.objects)
+		cfg, st, err := w.files.load()
 		if err != nil {
 			return nil, err
 		}
-		cfg, err := w.files.rules.config(w.files.hostname)
-		if err != nil {
-			return nil, err
-		}
-		var node *v1.Node
-		for _, n := range set.Nodes {
-			if w.files.hostname != "" && n.Name == w.files.hostname {
-				node = n
-			}
-		}
-		if w.files.hostname != "" && node == nil && len(cfg.NodeIPs) == 0 {
-			return nil, fmt.Errorf("no Node %q among the objects, and no --node-ip", w.files.hostname)
-		}
-		st := proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node}
 		return buildWanted(ctx, cfg, st, "objects in "+strings.Join(w.files.objects, ", "))
 	}
 	nodeName := w.nodeName

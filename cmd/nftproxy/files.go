@@ -8,7 +8,6 @@ import (
 	"os"
 	"time"
 
-	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/nft"
@@ -30,35 +29,47 @@ func addFileFlags(fs *flag.FlagSet) *fileFlags {
 	return ff
 }
 
-// build reads the objects and builds the table they give.
-func (ff *fileFlags) build(ctx context.Context) (*nft.Table, *objects.Set, error) {
+// load reads the objects and returns the configuration and state a build
+// takes: this node is the Node named --hostname, which must be among the
+// objects unless --node-ip gives the node's addresses.
+func (ff *fileFlags) load() (proxier.Config, proxier.State, error) {
 	if len(ff.objects) == 0 {
-		return nil, nil, fmt.Errorf("no --objects given")
+		return proxier.Config{}, proxier.State{}, fmt.Errorf("no --objects given")
 	}
 	set, err := objects.Load(ff.objects)
 	if err != nil {
-		return nil, nil, err
+		return proxier.Config{}, proxier.State{}, err
 	}
 	cfg, err := ff.rules.config(ff.hostname)
 	if err != nil {
-		return nil, nil, err
+		return proxier.Config{}, proxier.State{}, err
 	}
-	var node *v1.Node
+	st := proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices}
 	if ff.hostname != "" {
 		for _, n := range set.Nodes {
 			if n.Name == ff.hostname {
-				node = n
+				st.Node = n
 			}
 		}
-		if node == nil && len(cfg.NodeIPs) == 0 {
-			return nil, nil, fmt.Errorf("no Node %q among the objects, and no --node-ip", ff.hostname)
+		if st.Node == nil && len(cfg.NodeIPs) == 0 {
+			return proxier.Config{}, proxier.State{}, fmt.Errorf("no Node %q among the objects, and no --node-ip", ff.hostname)
 		}
 	}
-	t := proxier.Build(klog.FromContext(ctx), cfg, proxier.State{Services: set.Services, EndpointSlices: set.EndpointSlices, Node: node})
-	if err := t.Validate(); err != nil {
-		return nil, nil, fmt.Errorf("built an invalid table (a bug): %w", err)
+	return cfg, st, nil
+}
+
+// build reads the objects and builds the table they give; it returns the
+// state it was built from too.
+func (ff *fileFlags) build(ctx context.Context) (*nft.Table, proxier.State, error) {
+	cfg, st, err := ff.load()
+	if err != nil {
+		return nil, st, err
 	}
-	return t, set, nil
+	t := proxier.Build(klog.FromContext(ctx), cfg, st)
+	if err := t.Validate(); err != nil {
+		return nil, st, fmt.Errorf("built an invalid table (a bug): %w", err)
+	}
+	return t, st, nil
 }
 
 func dumpFlags(fs *flag.FlagSet) func(ctx context.Context) error {
@@ -99,13 +110,13 @@ func syncFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 		if !*once {
 			return fmt.Errorf("only --once is supported; use `nftproxy run` for a daemon")
 		}
-		t, set, err := ff.build(ctx)
+		t, st, err := ff.build(ctx)
 		if err != nil {
 			return err
 		}
 		// A wrong path or an empty folder would otherwise wipe every rule
 		// of a working node.
-		if len(set.Services) == 0 && !*allowEmpty {
+		if len(st.Services) == 0 && !*allowEmpty {
 			return fmt.Errorf("no Service among the objects of %v: syncing would delete every service rule (pass --allow-empty to do that)", []string(ff.objects))
 		}
 		start := time.Now()
