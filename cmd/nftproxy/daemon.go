@@ -47,6 +47,7 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	profiling := fs.Bool("profiling", false, "serve Go's profiles under /debug/pprof/ on the metrics address, as kube-proxy's --profiling")
 	tableOwner := tableOwnerFlag(fs)
 	return func(ctx context.Context) error {
+		started := time.Now()
 		nodeName := *hostname
 		if nodeName == "" {
 			h, err := os.Hostname()
@@ -113,11 +114,11 @@ func runFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 			}
 		}
 		if *metricsAddr != "" {
-			mux, err := metricsMux(fs, reg, *profiling)
+			mux, err := metricsMux(fs, reg, *profiling, started)
 			if err != nil {
 				return err
 			}
-			addDebugHandlers(mux, p, debugGuard(*metricsAddr, client))
+			addDebugHandlers(mux, p, debugGuard(client))
 			if err := serveHTTP(ctx, *metricsAddr, mux); err != nil {
 				return err
 			}

@@ -4,11 +4,12 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -33,10 +34,13 @@ type objectSource interface {
 //	/debug/diff   what the kernel holds that differs from them (`diff`)
 //	/debug/trace  what the kernel's rules do with a packet (`trace`):
 //	              ?src=&dst=&dport=[&proto=tcp][&from=host|network][&iif=eth0]
+//	/debug/counters  the service counters (`top`, one frame): totals, or
+//	              with ?interval=2s the rates over that time;
+//	              [&sort=bytes|packets|connections][&limit=30]
 //
 // through guard (requireKubernetesAuth where the address is reachable
 // from other hosts).
-func addDebugHandlers(mux *http.ServeMux, src objectSource, guard func(http.Handler) http.Handler) {
+func addDebugHandlers(mux interface{ Handle(string, http.Handler) }, src objectSource, guard func(http.Handler) http.Handler) {
 	wanted := func(r *http.Request) (*wanted, error) {
 		cfg, st := src.Objects()
 		return buildWanted(r.Context(), cfg, st, "the objects the daemon holds")
@@ -54,7 +58,9 @@ func addDebugHandlers(mux *http.ServeMux, src objectSource, guard func(http.Hand
 		if err != nil {
 			return err
 		}
-		have, err := nft.NewKernel().ReadTable(r.Context(), want.rules.Table)
+		k := nft.NewKernel()
+		defer k.Close()
+		have, err := k.ReadTable(r.Context(), want.rules.Table)
 		if err != nil {
 			return err
 		}
@@ -75,12 +81,70 @@ func addDebugHandlers(mux *http.ServeMux, src objectSource, guard func(http.Hand
 		if err != nil {
 			return err
 		}
-		tr, err := tracePacket(r.Context(), want, nft.NewKernel(), p, traceOrigin{from: q.Get("from"), iif: cmp.Or(q.Get("iif"), "eth0")})
+		k := nft.NewKernel()
+		defer k.Close()
+		tr, err := tracePacket(r.Context(), want, k, p, traceOrigin{from: q.Get("from"), iif: cmp.Or(q.Get("iif"), "eth0")})
 		if err != nil {
 			return err
 		}
 		return writeTrace(w, tr.packet, tr.outcomes, tr.warnings, q.Get("paths") == "true")
 	})))
+	mux.Handle("/debug/counters", guard(debugText(func(w *strings.Builder, r *http.Request) error {
+		k := nft.NewKernel()
+		defer k.Close()
+		return writeCounters(w, r, func(ctx context.Context) ([]proxier.ServiceTraffic, error) {
+			return proxier.ReadServiceTraffic(ctx, k)
+		})
+	})))
+}
+
+// maxCountersInterval bounds how long one /debug/counters request waits.
+const maxCountersInterval = 30 * time.Second
+
+// writeCounters draws one frame of top from read: the totals, or with
+// the query's interval, the rates over it.
+func writeCounters(w *strings.Builder, r *http.Request, read func(context.Context) ([]proxier.ServiceTraffic, error)) error {
+	q := r.URL.Query()
+	var interval time.Duration
+	if s := q.Get("interval"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 || d > maxCountersInterval {
+			return badRequest{fmt.Errorf("interval %q: want a duration above 0 and at most %s", s, maxCountersInterval)}
+		}
+		interval = d
+	}
+	sortBy := cmp.Or(q.Get("sort"), "bytes")
+	if !slices.Contains([]string{"bytes", "packets", "connections"}, sortBy) {
+		return badRequest{fmt.Errorf("sort %q: want bytes, packets or connections", sortBy)}
+	}
+	limit := 30
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 0 {
+			return badRequest{fmt.Errorf("limit %q: want a count, 0 for all", s)}
+		}
+		limit = n
+	}
+	prev, err := read(r.Context())
+	if err != nil {
+		return err
+	}
+	if interval == 0 {
+		writeTop(w, nil, prev, 0, sortBy, limit, time.Now())
+		return nil
+	}
+	start := time.Now()
+	select {
+	case <-r.Context().Done():
+		return r.Context().Err()
+	case <-time.After(interval):
+	}
+	cur, err := read(r.Context())
+	if err != nil {
+		return err
+	}
+	writeTop(w, prev, cur, time.Since(start), sortBy, limit, time.Now())
+	return nil
 }
 
 // badRequest is an error of the request, not of the daemon.
@@ -105,15 +169,28 @@ func debugText(fill func(w *strings.Builder, r *http.Request) error) http.Handle
 	})
 }
 
-// debugGuard returns what protects the debug endpoints on addr: nothing
-// on a loopback address (only the node's root reaches it, who could run
-// the commands anyway), requireKubernetesAuth otherwise.
-func debugGuard(addr string, client kubernetes.Interface) func(http.Handler) http.Handler {
-	host, _, err := net.SplitHostPort(addr)
-	if ip, perr := netip.ParseAddr(host); err == nil && perr == nil && ip.IsLoopback() {
-		return func(h http.Handler) http.Handler { return h }
+// debugGuard protects the debug endpoints: a request from a loopback
+// address passes (it comes from the node itself, whose root could run the
+// commands anyway, or through a port-forward to the daemon's pod, which
+// the API server allowed: `kubectl nftproxy` comes this way); any other
+// must pass requireKubernetesAuth.
+func debugGuard(client kubernetes.Interface) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		authed := requireKubernetesAuth(client, next)
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if fromLoopback(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			authed.ServeHTTP(w, r)
+		})
 	}
-	return func(h http.Handler) http.Handler { return requireKubernetesAuth(client, h) }
+}
+
+// fromLoopback tells whether the request's peer is on the node itself.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }
 
 // requireKubernetesAuth lets a request through when its bearer token

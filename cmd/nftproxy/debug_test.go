@@ -49,25 +49,28 @@ func TestDebugGuard(t *testing.T) {
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	client := reviewingClient()
 	for _, tc := range []struct {
-		addr, token string
+		peer, token string
 		code        int
 	}{
-		{"127.0.0.1:10249", "", 200}, // loopback: the node's root only
-		{"[::1]:10249", "", 200},
-		{"0.0.0.0:10249", "", 401},
-		{":10249", "", 401},
-		{"0.0.0.0:10249", "forged", 401},
-		{"0.0.0.0:10249", "bob-token", 403},
-		{"0.0.0.0:10249", "alice-token", 200},
+		{"127.0.0.1:40000", "", 200}, // the node itself, or a port-forward
+		{"[::1]:40000", "", 200},
+		{"[::ffff:127.0.0.1]:40000", "", 200},
+		{"10.0.0.7:40000", "", 401},
+		{"[fd00::7]:40000", "", 401},
+		{"10.0.0.7:40000", "forged", 401},
+		{"10.0.0.7:40000", "bob-token", 403},
+		{"10.0.0.7:40000", "alice-token", 200},
+		{"not-an-address", "", 401},
 	} {
 		r := httptest.NewRequest("GET", "/debug/dump", nil)
+		r.RemoteAddr = tc.peer
 		if tc.token != "" {
 			r.Header.Set("Authorization", "Bearer "+tc.token)
 		}
 		w := httptest.NewRecorder()
-		debugGuard(tc.addr, client)(ok).ServeHTTP(w, r)
+		debugGuard(client)(ok).ServeHTTP(w, r)
 		if w.Code != tc.code {
-			t.Errorf("%s with token %q: %d %s, want %d", tc.addr, tc.token, w.Code, w.Body, tc.code)
+			t.Errorf("from %s with token %q: %d %s, want %d", tc.peer, tc.token, w.Code, w.Body, tc.code)
 		}
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +76,42 @@ func TestTopRefreshes(t *testing.T) {
 	}
 	if reads != 3 || strings.Count(out.String(), "\x1b[H\x1b[2J") != 3 {
 		t.Errorf("%d reads, %d redraws; want 3 of each", reads, strings.Count(out.String(), "\x1b[H\x1b[2J"))
+	}
+}
+
+// TestDebugCounters checks /debug/counters: totals at once, rates over
+// the asked interval (one read before it, one after), and its bad
+// queries refused.
+func TestDebugCounters(t *testing.T) {
+	reads := 0
+	read := func(context.Context) ([]proxier.ServiceTraffic, error) {
+		reads++
+		n := uint64(reads)
+		return []proxier.ServiceTraffic{
+			traffic("default", "api", 443, 10*n, 100*n, 10e3*n, 100*n, 1e6*n),
+			traffic("default", "web", 80, 5, 50, 5e3, 50, 5e3),
+		}, nil
+	}
+	get := func(query string) (string, error) {
+		var b strings.Builder
+		err := writeCounters(&b, httptest.NewRequest("GET", "/debug/counters"+query, nil), read)
+		return b.String(), err
+	}
+	body, err := get("")
+	if err != nil || reads != 1 || !strings.Contains(body, "(totals; rates from the next refresh)") ||
+		!strings.Contains(body, "default/api:443/tcp                             -       10") {
+		t.Errorf("totals: %v after %d reads:\n%s", err, reads, body)
+	}
+	reads = 0
+	body, err = get("?interval=50ms&sort=connections&limit=1")
+	if err != nil || reads != 2 || !strings.Contains(body, "(rates over the last ") ||
+		!strings.Contains(body, "default/api:443/tcp") || strings.Contains(body, "default/web") {
+		t.Errorf("rates: %v after %d reads:\n%s", err, reads, body)
+	}
+	for _, q := range []string{"?interval=1m", "?interval=-1s", "?interval=soon", "?sort=name", "?limit=-2"} {
+		var bad badRequest
+		if _, err := get(q); !errors.As(err, &bad) {
+			t.Errorf("%s: %v, want a bad request", q, err)
+		}
 	}
 }

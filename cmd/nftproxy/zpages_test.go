@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -16,7 +17,7 @@ func TestMetricsMux(t *testing.T) {
 	if err := fs.Parse([]string{"--cluster-cidr", "10.244.0.0/16", "--hostname-override", "node-a", "--iptables-sync-period", "45s"}); err != nil {
 		t.Fatal(err)
 	}
-	mux, err := metricsMux(fs, prometheus.NewRegistry(), false)
+	mux, err := metricsMux(fs, prometheus.NewRegistry(), false, time.Now().Add(-90*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,8 +59,26 @@ func TestMetricsMux(t *testing.T) {
 			t.Errorf("/flagz lacks %q:\n%s", want, body)
 		}
 	}
-	// Profiling is off: no pprof.
+	// /statusz in the apiserver library's text, and as JSON when asked.
+	body, _ = get("/statusz")
+	for _, want := range []string{"\nnftproxy statusz\nWarning: ", "\nUp: 1 hr 30 min 0", "\nBinary version: devel\n",
+		"\nPaths: /configz /flagz /metrics /proxyMode /statusz\n"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/statusz lacks %q:\n%s", want, body)
+		}
+	}
 	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", "/statusz", nil)
+	r.Header.Set("Accept", "application/json;as=Statusz;g=config.k8s.io;v=v1beta1")
+	mux.ServeHTTP(w, r)
+	var st statusz
+	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil || st.Kind != "Statusz" || st.UptimeSeconds/60 != 90 ||
+		st.BinaryVersion != "devel" || len(st.Paths) != 5 {
+		t.Errorf("/statusz as JSON: %v %+v", err, st)
+	}
+
+	// Profiling is off: no pprof.
+	w = httptest.NewRecorder()
 	mux.ServeHTTP(w, httptest.NewRequest("GET", "/debug/pprof/", nil))
 	if w.Code != 404 {
 		t.Errorf("/debug/pprof/ without --profiling: %d", w.Code)
