@@ -77,9 +77,11 @@ type Proxier struct {
 	// firstSynced is closed once a sync has succeeded.
 	firstSynced chan struct{}
 
-	// Owned by the sync worker (and, before it starts, by prebuild).
+	// Owned by the sync worker (and, before it starts, by prebuild), which
+	// hold stateMu while they change them; Committed reads under it.
 	// state is what the kernel holds, as last committed (nil: unknown), or
 	// a prebuilt table the kernel does not hold yet (state.prebuilding).
+	stateMu  sync.Mutex
 	state    *tableState
 	lastSync time.Time
 	// reported are the problems already sent as Events, by service.
@@ -410,6 +412,25 @@ func (p *Proxier) processNext(ctx context.Context) bool {
 // previous table, and the next sync replaces the whole table, since after
 // some failures nftproxy cannot know what the kernel holds.
 func (p *Proxier) Sync(ctx context.Context) error {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	return p.sync(ctx)
+}
+
+// Committed returns the table the kernel holds as nftproxy last committed
+// it, chains that the next sync deletes included, or nil before the first
+// sync and after a failed one (the debug endpoints compare the kernel to
+// it). It waits for a sync in progress.
+func (p *Proxier) Committed() *nft.Table {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
+	if p.state == nil || p.state.prebuilding {
+		return nil
+	}
+	return p.state.assemble(true, true).Table
+}
+
+func (p *Proxier) sync(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	p.lastSync = start
@@ -652,6 +673,8 @@ func (p *Proxier) syncFull(logger klog.Logger, in syncInput) syncResult {
 // with it, and the cold start's build overlaps the list. Call it only
 // before Run.
 func (p *Proxier) prebuild(logger klog.Logger) {
+	p.stateMu.Lock()
+	defer p.stateMu.Unlock()
 	p.mu.Lock()
 	in, full := p.takeChanges()
 	p.mu.Unlock()

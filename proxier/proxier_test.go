@@ -201,3 +201,33 @@ func TestNodePortAddressesFollowTheNode(t *testing.T) {
 		t.Errorf("an address outside the NodePort CIDRs recorded a change (rebuild %v)", p.rebuild)
 	}
 }
+
+// TestCommitted checks that Committed is what the kernel holds after each
+// sync: nothing before the first, then the table as applied, with the
+// chains a partial sync keeps for later (no service uses them any more)
+// that a build of the same objects lacks.
+func TestCommitted(t *testing.T) {
+	_, ctx := ktesting.NewTestContext(t)
+	fake := &nft.Fake{}
+	p := newTestProxier(t, fake, nil)
+	if p.Committed() != nil {
+		t.Fatal("a table is committed before any sync")
+	}
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5"), ep("10.244.2.5")))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// One endpoint fewer: the service moves to another shared chain.
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.1.5")))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if plan := nft.Diff(fake.Table(), p.Committed()); !plan.Empty() {
+		t.Errorf("committed differs from what the kernel holds:\n%s", plan)
+	}
+	cfg, st := p.Objects()
+	if nft.Diff(fake.Table(), BuildRules(ktesting.NewLogger(t, ktesting.NewConfig()), cfg, st).Table).Empty() {
+		t.Errorf("a build of the objects is what the kernel holds; the test needs a chain kept for later")
+	}
+}

@@ -25,12 +25,15 @@ import (
 // proxier.
 type objectSource interface {
 	Objects() (proxier.Config, proxier.State)
+	// Committed is the table as last committed, nil when unknown.
+	Committed() *nft.Table
 }
 
 // addDebugHandlers serves nftproxy's own debug endpoints, each read-only
 // and the same as a command on the node:
 //
-//	/debug/dump   the rules for the objects the daemon holds (`dump`)
+//	/debug/dump   the rules the daemon committed last, as `dump` prints
+//	              them (before the first sync: built from its objects)
 //	/debug/diff   what the kernel holds that differs from them (`diff`)
 //	/debug/trace  what the kernel's rules do with a packet (`trace`):
 //	              ?src=&dst=&dport=[&proto=tcp][&from=host|network][&iif=eth0]
@@ -45,26 +48,40 @@ func addDebugHandlers(mux interface{ Handle(string, http.Handler) }, src objectS
 		cfg, st := src.Objects()
 		return buildWanted(r.Context(), cfg, st, "the objects the daemon holds")
 	}
-	mux.Handle("/debug/dump", guard(debugText(func(w *strings.Builder, r *http.Request) error {
+	// committed is what the daemon last committed, which the kernel
+	// should hold, chains it keeps until a later sync included (a table
+	// built now from the same objects lacks those); before the first
+	// sync, the table its objects build.
+	committed := func(r *http.Request) (*nft.Table, string, error) {
+		if t := src.Committed(); t != nil {
+			return t, "what the daemon committed last", nil
+		}
 		want, err := wanted(r)
+		if err != nil {
+			return nil, "", err
+		}
+		return want.rules.Table, want.from + " (nothing committed yet)", nil
+	}
+	mux.Handle("/debug/dump", guard(debugText(func(w *strings.Builder, r *http.Request) error {
+		t, _, err := committed(r)
 		if err != nil {
 			return err
 		}
-		w.WriteString(nft.RenderReplace(want.rules.Table))
+		w.WriteString(nft.RenderReplace(t))
 		return nil
 	})))
 	mux.Handle("/debug/diff", guard(debugText(func(w *strings.Builder, r *http.Request) error {
-		want, err := wanted(r)
+		t, from, err := committed(r)
 		if err != nil {
 			return err
 		}
 		k := nft.NewKernel()
 		defer k.Close()
-		have, err := k.ReadTable(r.Context(), want.rules.Table)
+		have, err := k.ReadTable(r.Context(), t)
 		if err != nil {
 			return err
 		}
-		_, err = writeDiff(w, have, want.rules.Table, want.from)
+		_, err = writeDiff(w, have, t, from)
 		return err
 	})))
 	mux.Handle("/debug/trace", guard(debugText(func(w *strings.Builder, r *http.Request) error {
@@ -80,6 +97,11 @@ func addDebugHandlers(mux interface{ Handle(string, http.Handler) }, src objectS
 		want, err := wanted(r)
 		if err != nil {
 			return err
+		}
+		// The kernel's chains are compared with what was committed, or
+		// those kept for a later sync would be warned about.
+		if t := src.Committed(); t != nil {
+			want.rules.Table = t
 		}
 		k := nft.NewKernel()
 		defer k.Close()

@@ -15,8 +15,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/klog/v2"
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
+	"github.com/nftproxy/nftproxy/nft"
 	"github.com/nftproxy/nftproxy/proxier"
 )
 
@@ -75,13 +77,16 @@ func TestDebugGuard(t *testing.T) {
 	}
 }
 
-// fixedObjects stands for the daemon's proxier.
+// fixedObjects stands for the daemon's proxier; committed is its last
+// committed table (nil: none yet).
 type fixedObjects struct {
-	cfg proxier.Config
-	st  proxier.State
+	cfg       proxier.Config
+	st        proxier.State
+	committed *nft.Table
 }
 
 func (f fixedObjects) Objects() (proxier.Config, proxier.State) { return f.cfg, f.st }
+func (f fixedObjects) Committed() *nft.Table                    { return f.committed }
 
 // exampleObjects are the bundled examples as the daemon of node-a would
 // hold them, with the flags of testdata/examples.nft.
@@ -96,7 +101,7 @@ func exampleObjects(t *testing.T) fixedObjects {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return fixedObjects{cfg, st}
+	return fixedObjects{cfg: cfg, st: st}
 }
 
 func serve(mux *http.ServeMux, path string) *httptest.ResponseRecorder {
@@ -154,5 +159,42 @@ func TestDebugEndpoints(t *testing.T) {
 	}
 	if !strings.Contains(diff.Body.String(), "10.96.0.10 . tcp . 80") {
 		t.Errorf("/debug/diff after deleting an element:\n%s", diff.Body)
+	}
+
+	// The daemon keeps chains a table built now would not have (a shared
+	// chain no service uses since its last full sync): the endpoints
+	// compare the kernel with what it committed, so that is no drift.
+	ns.Run(t, "nft", `add element inet nftproxy service-ips-v4 { 10.96.0.10 . tcp . 80 comment "default/web:http" : goto lb-v4-3 }`)
+	ns.Run(t, "nft", "add chain inet nftproxy lb-v4-77")
+	ns.Run(t, "nft", "add rule inet nftproxy lb-v4-77 counter")
+	objs := exampleObjects(t)
+	committed := proxier.BuildRules(klog.Background(), objs.cfg, objs.st).Table
+	committed.AddChain(&nft.Chain{Name: "lb-v4-77"}).AddRule(nft.Counter{})
+	for _, tc := range []struct {
+		committed *nft.Table
+		want      string
+	}{
+		{nil, "chain lb-v4-77: removed (1 rule)\n"},
+		{committed, ""},
+	} {
+		mux := http.NewServeMux()
+		addDebugHandlers(mux, fixedObjects{objs.cfg, objs.st, tc.committed}, open)
+		var dump *httptest.ResponseRecorder
+		if err := ns.Do(func() error {
+			diff, dump = serve(mux, "/debug/diff"), serve(mux, "/debug/dump")
+			trace = serve(mux, "/debug/trace?src=10.244.1.5&dst=10.96.0.10&dport=80&from=network")
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if warned := strings.Contains(trace.Body.String(), "chain lb-v4-77 is only in the kernel"); warned != (tc.committed == nil) {
+			t.Errorf("/debug/trace with committed table %v warns of the kept chain: %v\n%s", tc.committed != nil, warned, trace.Body)
+		}
+		if diff.Code != 200 || !strings.HasSuffix(diff.Body.String(), tc.want) || (tc.want == "") != (diff.Body.Len() == 0) {
+			t.Errorf("/debug/diff with committed table %v: %d\n%s\nwant it to end with %q", tc.committed != nil, diff.Code, diff.Body, tc.want)
+		}
+		if got := strings.Contains(dump.Body.String(), "lb-v4-77"); got != (tc.committed != nil) {
+			t.Errorf("/debug/dump with committed table %v shows the committed chain: %v", tc.committed != nil, got)
+		}
 	}
 }
