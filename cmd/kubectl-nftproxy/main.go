@@ -89,15 +89,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, connect f
 		usage(stdout)
 		return nil
 	}
+	// The command is the first argument that names one: flags may come
+	// before it (`kubectl nftproxy --context prod status`).
 	var cmd *command
-	for i := range commands {
-		if commands[i].name == args[0] {
-			cmd = &commands[i]
+	for i, a := range args {
+		for j := range commands {
+			if cmd == nil && commands[j].name == a {
+				cmd = &commands[j]
+				args = append(append([]string{a}, args[:i]...), args[i+1:]...)
+			}
 		}
 	}
 	if cmd == nil {
 		usage(stderr)
-		return &exitStatus{code: 2, err: fmt.Errorf("unknown command %q", args[0])}
+		return &exitStatus{code: 2, err: fmt.Errorf("no command in %q", args)}
 	}
 	fs := flag.NewFlagSet("kubectl nftproxy "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -188,6 +188,7 @@ func TestNodeCommands(t *testing.T) {
 	}{
 		{[]string{"dump", "node-1"}, 0, "table inet nftproxy {}\n"},
 		{[]string{"dump", "-n", "nftproxy", "node-1"}, 0, "table inet nftproxy {}\n"},
+		{[]string{"--namespace", "nftproxy", "dump", "node-1"}, 0, "table inet nftproxy {}\n"},
 		{[]string{"diff", "node-1"}, 1, "--- kernel\n"},
 		{[]string{"trace", "--src", "10.244.1.5", "node-1", "--dst", "10.96.0.20", "--dport", "80", "--proto", "udp", "--from", "network"}, 0,
 			"service default/web:http\n"},
@@ -211,7 +212,7 @@ func TestNodeCommands(t *testing.T) {
 		{[]string{"dump", "node-2"}, "pod nftproxy/nftproxy-b is Pending"},
 		{[]string{"dump"}, "want one NODE argument, got 0"},
 		{[]string{"trace", "node-1", "--src", "10.244.1.5"}, "trace needs --src, --dst and --dport"},
-		{[]string{"frobnicate"}, `unknown command "frobnicate"`},
+		{[]string{"frobnicate"}, `no command in ["frobnicate"]`},
 		// The daemon's refusal reaches the user.
 		{[]string{"trace", "node-1", "--src", "a", "--dst", "b", "--dport", "1"}, "404 Not Found"},
 	} {
