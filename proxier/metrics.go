@@ -79,6 +79,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		transactionElements: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nftproxy_sync_transaction_elements",
 			Help: "Set elements added and deleted by each sync's transaction", Buckets: prometheus.ExponentialBuckets(1, 4, 11)}),
 	}
+	// Both answers exist at 0 from the start, for rate() and alerts to
+	// see the first of each.
+	for _, code := range []string{"200", "503"} {
+		m.healthz.WithLabelValues(code)
+		m.livez.WithLabelValues(code)
+	}
 	reg.MustRegister(m.tableObjects, m.transactionElements)
 	reg.MustRegister(m.syncDuration, m.fullSyncDuration, m.partialSyncDuration, m.lastSync, m.lastQueued,
 		m.programmingLatency, m.endpointChangesPending, m.endpointChanges, m.serviceChangesPending, m.serviceChanges,
@@ -138,6 +144,10 @@ func (m *Metrics) synced(families []string, elapsed time.Duration, full bool, tr
 			m.partialSyncDuration.WithLabelValues(f).Observe(elapsed.Seconds())
 		}
 		m.lastSync.WithLabelValues(f).Set(float64(now.Unix()))
+		// The failure count exists at 0 from the first sync: increase()
+		// and rate() then see the first failure too, which they miss on a
+		// series that appears with it.
+		m.syncFailures.WithLabelValues(f).Add(0)
 		for _, t := range triggers {
 			m.programmingLatency.WithLabelValues(f).Observe(now.Sub(t).Seconds())
 		}

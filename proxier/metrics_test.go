@@ -43,10 +43,20 @@ kubeproxy_sync_proxy_rules_service_changes_total 1
 # TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge
 kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"} 1
 kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 0
+# HELP kubeproxy_sync_proxy_rules_nftables_sync_failures_total Cumulative proxy nftables sync failures
+# TYPE kubeproxy_sync_proxy_rules_nftables_sync_failures_total counter
+kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family="IPv4"} 0
+# HELP kubeproxy_proxy_healthz_total Cumulative proxy healthz HTTP status
+# TYPE kubeproxy_proxy_healthz_total counter
+kubeproxy_proxy_healthz_total{code="200"} 0
+kubeproxy_proxy_healthz_total{code="503"} 0
 `
+	// The failure count and the health answers are there at 0 before the
+	// first, for alerts' increase() to see it.
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(expected),
 		"kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_service_changes_total",
-		"kubeproxy_sync_proxy_rules_no_local_endpoints_total"); err != nil {
+		"kubeproxy_sync_proxy_rules_no_local_endpoints_total", "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+		"kubeproxy_proxy_healthz_total"); err != nil {
 		t.Error(err)
 	}
 	families := gather(t, reg)
@@ -87,4 +97,27 @@ func gather(t *testing.T, reg *prometheus.Registry) map[string]*dto.MetricFamily
 		out[mf.GetName()] = mf
 	}
 	return out
+}
+
+// TestPrebuiltSyncIsFull: the first sync from a prebuilt table replaces
+// the whole table, and counts as a full sync, as kube-proxy's first does.
+func TestPrebuiltSyncIsFull(t *testing.T) {
+	logger, ctx := ktesting.NewTestContext(t)
+	reg := prometheus.NewPedanticRegistry()
+	p := newTestProxier(t, &nft.Fake{}, nil)
+	WithMetrics(NewMetrics(reg))(p)
+	p.SetService(makeService("default", "web", "10.96.0.10"))
+	p.prebuild(logger)
+	p.SetEndpointSlice(makeSlice("default", "web", "web-1", 8080, ep("10.244.2.5")))
+	if err := p.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	families := gather(t, reg)
+	full := families["kubeproxy_sync_full_proxy_rules_duration_seconds"].GetMetric()
+	if len(full) != 1 || full[0].GetHistogram().GetSampleCount() != 1 {
+		t.Errorf("full syncs: %v, want one", full)
+	}
+	if partial := families["kubeproxy_sync_partial_proxy_rules_duration_seconds"].GetMetric(); len(partial) != 0 {
+		t.Errorf("partial syncs: %v, want none", partial)
+	}
 }

@@ -474,11 +474,16 @@ func (p *Proxier) sync(ctx context.Context) error {
 		}
 	}
 	var res syncResult
+	// wholeTable: the sync rebuilt every service, as a full sync; the
+	// first sync from a prebuilt table does too (and is full in
+	// kube-proxy's metrics).
+	wholeTable := false
 	if !full && prebuilt {
 		var ok bool
 		if res, ok = p.syncPrebuilt(logger, in); !ok {
 			rebuildAll()
 		}
+		wholeTable = ok
 	} else if !full {
 		var ok bool
 		// The periodic resync also drops idle shared chains.
@@ -510,7 +515,7 @@ func (p *Proxier) sync(ctx context.Context) error {
 	p.families = p.state.familyLabels()
 	p.mu.Unlock()
 	noLocal := map[string]int{"internal": p.state.noLocal[0], "external": p.state.noLocal[1]}
-	p.metrics.synced(p.families, now.Sub(start), full, triggers, now, noLocal)
+	p.metrics.synced(p.families, now.Sub(start), full || wholeTable, triggers, now, noLocal)
 	if p.healthChecks != nil {
 		p.healthChecks.Sync(p.state.nodePortAddrs(), maps.Clone(p.state.health))
 	}
