@@ -26,7 +26,8 @@ import (
 // does (kubectl apply -k of the overlay of manifests/) and checks that it
 // serves real pods: the DaemonSet is Ready on every node, and a Service's
 // NodePort (from the outside client, on every node) and ClusterIP (from a
-// node, TCP and UDP) reach pods on all three nodes.
+// node, TCP and UDP) reach pods on all three nodes. Then kubectl nftproxy
+// answers from every node (checkKubectlPlugin).
 func TestRealNodes(t *testing.T) {
 	ctx := testContext(t, 15*time.Minute)
 	start := time.Now()
@@ -56,6 +57,7 @@ func TestRealNodes(t *testing.T) {
 			})
 		}
 	}
+	checkKubectlPlugin(ctx, t, c, svc)
 }
 
 // testContext returns a context that logs to t and ends after timeout or
