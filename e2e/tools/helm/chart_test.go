@@ -177,7 +177,9 @@ func TestChartMatchesManifests(t *testing.T) {
 	typed(t, want["ConfigMap nftproxy"], &wcm)
 	margs := manifestArgs(t, wc, wcm)
 	// Not a field of the configuration file: the same on both sides.
-	counters := func(args []string) bool { return contains(args, "--service-counters") || contains(args, "--service-counters=true") }
+	counters := func(args []string) bool {
+		return contains(args, "--service-counters") || contains(args, "--service-counters=true")
+	}
 	if counters(gc.Args) != counters(margs) {
 		t.Errorf("--service-counters: the chart's arguments %v, the manifests' %v", gc.Args, margs)
 	}
