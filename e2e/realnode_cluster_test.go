@@ -21,12 +21,12 @@ import (
 )
 
 // realNodeCluster is the cluster of real kubelets (package realnode), with
-// nftproxy as the DaemonSet of manifests/. Its pods, nodes and client are
+// nftproxy installed by its Helm chart (charts/nftproxy). Its pods, nodes and client are
 // namespaces of this machine, so traffic starts in them directly.
 type realNodeCluster struct{ c *realnode.Cluster }
 
-// startRealNodes brings the real-node cluster up with nftproxy deployed,
-// and registers the teardown.
+// startRealNodes brings the real-node cluster up with nftproxy installed
+// by helm, and registers the teardown.
 func startRealNodes(t *testing.T) realNodeCluster {
 	t.Helper()
 	ctx := testContext(t)
@@ -35,7 +35,8 @@ func startRealNodes(t *testing.T) realNodeCluster {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	c, err := realnode.Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)), realnode.StartOptions{})
+	// The chart, once: the other real-node suites deploy manifests/.
+	c, err := realnode.Start(ctx, filepath.Dir(filepath.Dir(paths.Bin)), realnode.StartOptions{Proxy: realnode.NftproxyHelm})
 	if c != nil {
 		t.Cleanup(func() {
 			if err := c.Down(context.Background()); err != nil {

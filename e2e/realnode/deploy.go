@@ -20,6 +20,9 @@ type Proxy string
 const (
 	// Nftproxy is manifests/ through overlay/, as the README tells users.
 	Nftproxy Proxy = "nftproxy"
+	// NftproxyHelm is the chart (charts/nftproxy) installed by helm with
+	// helm-values.yaml, as the README tells users too.
+	NftproxyHelm Proxy = "nftproxy-helm"
 	// KubeProxyNftables and KubeProxyIptables are upstream kube-proxy as
 	// kubeadm deploys it (kube-proxy.yaml), in that mode.
 	KubeProxyNftables Proxy = "kube-proxy-nftables"
@@ -55,7 +58,7 @@ func Start(ctx context.Context, root string, opts StartOptions) (*Cluster, error
 	if opts.TestImages {
 		testImages = append(testImages, "agnhost.tar", "busybox.tar")
 	}
-	if opts.Proxy != Nftproxy {
+	if opts.Proxy != Nftproxy && opts.Proxy != NftproxyHelm {
 		testImages = append(testImages, "kube-proxy.tar")
 	}
 	for _, name := range testImages {
@@ -99,13 +102,28 @@ func (c *Cluster) DeployDNS(ctx context.Context, manifest string) error {
 
 // DeployProxy deploys the service proxy p and waits until its DaemonSet
 // has a ready pod on every node: nftproxy with kubectl apply -k of
-// overlay/, as a user does; kube-proxy from kube-proxy.yaml in p's mode.
+// overlay/ or helm install of the chart, as a user does; kube-proxy from
+// kube-proxy.yaml in p's mode.
 func (c *Cluster) DeployProxy(ctx context.Context, p Proxy) error {
 	dir := filepath.Join(c.root, "e2e", "realnode")
 	switch p {
 	case Nftproxy:
 		if out, err := c.Kubectl(ctx, "apply", "-k", filepath.Join(dir, "overlay")); err != nil {
 			return fmt.Errorf("deploy nftproxy: %w\n%s", err, out)
+		}
+		return c.waitDaemonSet(ctx, "nftproxy", "nftproxy")
+	case NftproxyHelm:
+		helm, err := c.Paths.Binary("helm")
+		if err != nil {
+			return err
+		}
+		// helm's own settings and caches in the cluster's state.
+		home := filepath.Join(c.Paths.State, "helm")
+		out, err := c.Topology.ControlPlane.Output(ctx, "env", "HELM_CONFIG_HOME="+home, "HELM_CACHE_HOME="+home, "HELM_DATA_HOME="+home,
+			helm, "install", "nftproxy", filepath.Join(c.root, "charts", "nftproxy"), "--namespace", "nftproxy", "--create-namespace",
+			"--values", filepath.Join(dir, "helm-values.yaml"), "--kubeconfig", c.Credentials.Kubeconfig)
+		if err != nil {
+			return fmt.Errorf("helm install nftproxy: %w\n%s", err, out)
 		}
 		return c.waitDaemonSet(ctx, "nftproxy", "nftproxy")
 	case KubeProxyNftables, KubeProxyIptables:

@@ -41,6 +41,8 @@ if ((${#need[@]})); then
 fi
 
 bash e2e/tools/build.sh
+# helm, for the scenarios' cluster, which installs nftproxy by its chart.
+bash e2e/tools/helm/build.sh
 bash e2e/realnode/testimages.sh
 go build -o .cache/bin/realnode-down ./e2e/realnode/cmd/realnode-down
 # The scenarios' dump check runs the binary too (the image is built apart).
@@ -57,7 +59,8 @@ trap down EXIT
 start=$SECONDS
 status=0
 # The smoke test (DaemonSet ready, traffic from outside, a node and a pod),
-# the e2e scenarios on a cluster of their own (-cluster=realnode), the
+# the e2e scenarios on a cluster of their own (-cluster=realnode, nftproxy
+# installed by helm from charts/nftproxy), the
 # migration from kube-proxy and back, then the upstream selection. One
 # after the other: run beside each other on 2 cores, the upstream spec
 # whose pod serves only for its 100 s grace period ran out of time.
