@@ -59,14 +59,26 @@ func statusFlags(_ *flag.FlagSet, out io.Writer) func(context.Context, *daemons,
 	}
 }
 
-// statuses asks every node's daemon, a few at a time.
+// statuses asks every node's daemon.
 func (d *daemons) statuses(ctx context.Context) ([]nodeStatus, error) {
 	pods, err := d.pods(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return d.statusesOf(ctx, pods), nil
+}
+
+// statusesOf asks the daemons of pods, a few at a time.
+func (d *daemons) statusesOf(ctx context.Context, pods []corev1.Pod) []nodeStatus {
 	out := make([]nodeStatus, len(pods))
-	sem := make(chan struct{}, 8)
+	forEachPod(pods, 8, func(i int, pod *corev1.Pod) { out[i] = d.status(ctx, pod) })
+	return out
+}
+
+// forEachPod calls fn for each pod, at most limit at once, and returns
+// when all calls have.
+func forEachPod(pods []corev1.Pod, limit int, fn func(i int, pod *corev1.Pod)) {
+	sem := make(chan struct{}, limit)
 	var wg sync.WaitGroup
 	for i := range pods {
 		wg.Add(1)
@@ -74,11 +86,10 @@ func (d *daemons) statuses(ctx context.Context) ([]nodeStatus, error) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			out[i] = d.status(ctx, &pods[i])
+			fn(i, &pods[i])
 		}()
 	}
 	wg.Wait()
-	return out, nil
 }
 
 // status asks the daemon of pod: /statusz for its version, /metrics for

@@ -107,27 +107,13 @@ func (d *daemons) sysdump(ctx context.Context, w io.Writer, now time.Time, logBy
 	t.add("README.txt", fmt.Appendf(nil, sysdumpReadme, now.UTC().Format(time.RFC3339)))
 
 	d.dumpCluster(ctx, t)
-	statuses, err := d.statuses(ctx)
-	if err != nil {
+	if pods, err := d.pods(ctx); err != nil {
 		t.failed("status", err)
 	} else {
 		var b bytes.Buffer
-		writeStatus(&b, statuses, now)
+		writeStatus(&b, d.statusesOf(ctx, pods), now)
 		t.add("summary.txt", b.Bytes())
-	}
-	if pods, err := d.pods(ctx); err == nil {
-		sem := make(chan struct{}, 4)
-		var wg sync.WaitGroup
-		for i := range pods {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				sem <- struct{}{}
-				defer func() { <-sem }()
-				d.dumpNode(ctx, t, &pods[i], logBytes)
-			}()
-		}
-		wg.Wait()
+		forEachPod(pods, 4, func(_ int, pod *corev1.Pod) { d.dumpNode(ctx, t, pod, logBytes) })
 	}
 	if len(t.problems) > 0 {
 		t.add("errors.txt", []byte(strings.Join(t.problems, "\n")+"\n"))
