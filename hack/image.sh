@@ -14,7 +14,8 @@
 # -s writes the binary's SBOM (CycloneDX JSON, by cyclonedx-gomod from the
 # module graph). Environment:
 #   IMAGE             repository (default localhost/nftproxy, as in manifests/)
-#   VERSION           version and tag (default: git describe --always --dirty)
+#   VERSION           version and tag (default: the file VERSION, the tag the
+#                     manifests and the chart name)
 #   PLATFORMS         comma-separated linux/ARCH (default: the host's)
 #   CONTAINER_ENGINE  podman (default) or docker (one platform only)
 set -euo pipefail
@@ -32,7 +33,7 @@ done
 # The SBOM generator, pinned: `go run` fetches it through the module proxy.
 CYCLONEDX_GOMOD=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0
 
-version=${VERSION:-$(git describe --always --dirty)}
+version=${VERSION:-$(cat VERSION)}
 commit=$(git rev-parse HEAD)
 created=$(git log -1 --format=%cI)
 image=${IMAGE:-localhost/nftproxy}:$version

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -52,4 +53,20 @@ func Objects(name string) ([]runtime.Object, error) {
 		}
 		objs = append(objs, obj)
 	}
+}
+
+// Image is the image the DaemonSet and the migration Jobs run: the one
+// hack/image.sh tags by default, VERSION at the top of the repository
+// (version_test.go checks that they agree).
+func Image() (string, error) {
+	objs, err := Objects("daemonset.yaml")
+	if err != nil {
+		return "", err
+	}
+	for _, obj := range objs {
+		if ds, ok := obj.(*appsv1.DaemonSet); ok && len(ds.Spec.Template.Spec.Containers) > 0 {
+			return ds.Spec.Template.Spec.Containers[0].Image, nil
+		}
+	}
+	return "", errors.New("daemonset.yaml holds no DaemonSet with a container")
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nftproxy/nftproxy/manifests"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/klog/v2"
@@ -203,10 +204,14 @@ func (c *Cluster) RunPerNode(ctx context.Context, manifest string) error {
 	if err != nil {
 		return err
 	}
+	image, err := manifests.Image()
+	if err != nil {
+		return err
+	}
 	var jobs []string
 	for _, n := range c.nodes {
 		obj := strings.ReplaceAll(string(text), "NODE_NAME", n.spec.Name)
-		obj = strings.ReplaceAll(obj, "localhost/nftproxy:dev", ProxyImage)
+		obj = strings.ReplaceAll(obj, image, ProxyImage)
 		path := filepath.Join(c.Paths.State, n.spec.Name+"-"+filepath.Base(manifest))
 		if err := os.WriteFile(path, []byte(obj), 0o644); err != nil {
 			return err
