@@ -339,13 +339,20 @@ func TestDaemonSetArgs(t *testing.T) {
 
 // TestMigrationJobs checks the cleanup Jobs the README's migration runs per
 // node: the DaemonSet's image (the guide replaces it with the same sed),
-// the node's network, NET_ADMIN only, and the cleanup each direction needs.
+// the node's network, the least capabilities, and the cleanup each
+// direction needs.
 func TestMigrationJobs(t *testing.T) {
 	image := get[*appsv1.DaemonSet](t, objects(t), "DaemonSet nftproxy").Spec.Template.Spec.Containers[0].Image
-	for name, args := range map[string][]string{
-		"migration/cleanup-kube-proxy.yaml": {"cleanup", "--kube-proxy"},
-		"migration/cleanup-nftproxy.yaml":   {"cleanup"},
+	for name, want := range map[string]struct {
+		args []string
+		caps []corev1.Capability
+	}{
+		// NET_RAW: iptables-legacy's tables are read and replaced through
+		// a raw socket.
+		"migration/cleanup-kube-proxy.yaml": {[]string{"cleanup", "--kube-proxy"}, []corev1.Capability{"NET_ADMIN", "NET_RAW"}},
+		"migration/cleanup-nftproxy.yaml":   {[]string{"cleanup"}, []corev1.Capability{"NET_ADMIN"}},
 	} {
+		args := want.args
 		objs, err := Objects(name)
 		if err != nil {
 			t.Fatal(err)
@@ -366,8 +373,8 @@ func TestMigrationJobs(t *testing.T) {
 			t.Errorf("%s: args %q, want %q", name, c.Args, args)
 		}
 		if sc := c.SecurityContext; sc == nil || sc.Capabilities == nil ||
-			!slices.Equal(sc.Capabilities.Add, []corev1.Capability{"NET_ADMIN"}) || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
-			t.Errorf("%s: capabilities %+v, want NET_ADMIN only", name, c.SecurityContext)
+			!slices.Equal(sc.Capabilities.Add, want.caps) || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+			t.Errorf("%s: capabilities %+v, want %v only", name, c.SecurityContext, want.caps)
 		}
 	}
 }

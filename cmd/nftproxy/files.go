@@ -133,11 +133,15 @@ func syncFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 }
 
 func cleanupFlags(fs *flag.FlagSet) func(ctx context.Context) error {
-	kubeProxy := fs.Bool("kube-proxy", false, "delete what kube-proxy left in nftables instead (its kube-proxy tables, its KUBE-* chains of iptables-nft and the rules jumping to them), when moving a node to nftproxy; stop kube-proxy first")
+	kubeProxy := fs.Bool("kube-proxy", false, "delete what kube-proxy left instead, when moving a node to nftproxy from any of its modes: its kube-proxy nftables tables, its KUBE-* chains of iptables-nft and iptables-legacy with the rules jumping to them, and the ipvs mode's virtual services, kube-ipvs0 link and KUBE-* ipsets; stop kube-proxy first")
 	dryRun := fs.Bool("dry-run", false, "with --kube-proxy: print what would be deleted, delete nothing")
 	return func(ctx context.Context) error {
 		if *kubeProxy {
-			return cleanupKubeProxy(ctx, nft.NewKernel(), os.Stdout, *dryRun)
+			ipvsh, err := openIPVS()
+			if err != nil {
+				return err
+			}
+			return cleanupKubeProxy(ctx, nft.NewKernel(), ipvsh, os.Stdout, *dryRun)
 		}
 		return cleanupTable(ctx, nft.NewKernel(), os.Stdout)
 	}

@@ -6,7 +6,7 @@
 //	nftproxy sync --once --objects PATH
 //	                              program the kernel from files and exit
 //	nftproxy cleanup              delete nftproxy's table
-//	nftproxy cleanup --kube-proxy delete what kube-proxy left in nftables
+//	nftproxy cleanup --kube-proxy delete what kube-proxy left (any mode)
 //	nftproxy diff                 what the next sync would change
 //	nftproxy trace --src A --dst B --dport P
 //	                              what the rules do with a packet

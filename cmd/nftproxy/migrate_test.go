@@ -1,11 +1,16 @@
 package main
 
 import (
+	"errors"
+	"net"
+	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/moby/ipvs"
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
 	"github.com/nftproxy/nftproxy/nft"
@@ -86,22 +91,72 @@ table inet nftproxy {
 }
 `)
 	ns.Run(t, "nft", "-f", f)
-	before := ns.Run(t, "nft", "list", "ruleset")
+	// iptables-legacy: kube-proxy's iptables mode over the kubelet's and a
+	// CNI plugin's rules (internal/xtables/testdata says where they come
+	// from); the legacy tables are apart from nftables.
+	legacy := "../../internal/xtables/testdata/"
+	ns.Run(t, "sh", "-c", "iptables-legacy-restore <"+legacy+"node.rules")
+	ns.Run(t, "sh", "-c", "iptables-legacy-restore --noflush <"+legacy+"kube-proxy.rules")
+	ns.Run(t, "sh", "-c", "ip6tables-legacy-restore <"+legacy+"node6.rules")
+	ns.Run(t, "sh", "-c", "ip6tables-legacy-restore --noflush <"+legacy+"kube-proxy6.rules")
+	// The ipvs mode's ipsets, one referenced by a legacy rule (the kernel
+	// keeps a set while a rule refers to it), and its link with a service
+	// address. This kernel has no dummy links: a bridge stands in.
+	ns.Run(t, "ipset", "create", "KUBE-CLUSTER-IP", "hash:ip,port")
+	ns.Run(t, "ipset", "create", "KUBE-6-CLUSTER-IP", "hash:ip,port", "family", "inet6")
+	ns.Run(t, "ipset", "create", "cali40all-hosts", "hash:ip")
+	ns.Run(t, "iptables-legacy", "-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "set", "--match-set", "KUBE-CLUSTER-IP", "dst,dst", "-j", "ACCEPT")
+	ns.Run(t, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
+	ns.Run(t, "ip", "addr", "add", "10.96.0.1/32", "dev", "kube-ipvs0")
+	state := func() string {
+		return ns.Run(t, "nft", "list", "ruleset") + ns.Run(t, "iptables-legacy-save") + ns.Run(t, "ip6tables-legacy-save") +
+			ns.Run(t, "ipset", "list", "-n") + ns.Run(t, "ip", "-o", "link", "show")
+	}
+	before := state()
 
 	r := nftproxy(t, ns, "cleanup", "--kube-proxy", "--dry-run")
-	if r.code != 0 || !strings.Contains(r.stdout, "delete table ip kube-proxy\n") || !strings.Contains(r.stdout, "delete chain ip nat KUBE-FIREWALL\n") {
-		t.Fatalf("dry run: exit %d, printed:\n%s%s", r.code, r.stdout, r.stderr)
+	for _, want := range []string{
+		"delete table ip kube-proxy\n",
+		"delete chain ip nat KUBE-FIREWALL\n",
+		`delete iptables-legacy nat rule PREROUTING 1 # jump to KUBE-SERVICES ("kubernetes service portals")` + "\n",
+		"delete iptables-legacy nat chain KUBE-SVC-XPGD46QRK7WJZT7O\n",
+		"delete iptables-legacy filter chain KUBE-FORWARD\n",
+		"delete ip6tables-legacy nat chain KUBE-SERVICES\n",
+		"delete link kube-ipvs0 (bridge)\n",
+		"delete ipset KUBE-CLUSTER-IP\n",
+		"delete ipset KUBE-6-CLUSTER-IP\n",
+	} {
+		if r.code != 0 || !strings.Contains(r.stdout, want) {
+			t.Fatalf("dry run: exit %d, want %q, printed:\n%s%s", r.code, want, r.stdout, r.stderr)
+		}
 	}
-	if after := ns.Run(t, "nft", "list", "ruleset"); after != before {
-		t.Fatalf("a dry run changed the ruleset:\n%s", after)
+	if strings.Contains(r.stdout, "cali40") || strings.Contains(r.stdout, "KUBE-KUBELET-CANARY") || strings.Contains(r.stdout, "IPVS") {
+		t.Errorf("the dry run would delete what is not kube-proxy's (this kernel has no IPVS):\n%s", r.stdout)
+	}
+	if after := state(); after != before {
+		t.Fatalf("a dry run changed the node:\n%s", after)
 	}
 
 	r = nftproxy(t, ns, "cleanup", "--kube-proxy")
 	if r.code != 0 {
 		t.Fatalf("cleanup --kube-proxy: exit %d: %s", r.code, r.stderr)
 	}
-	if !strings.HasPrefix(r.stdout, "deleted in one transaction:\n") || !strings.Contains(r.stdout, "delete table ip kube-proxy\n") {
+	if !strings.HasPrefix(r.stdout, "deleted:\n") || !strings.Contains(r.stdout, "delete table ip kube-proxy\n") || !strings.Contains(r.stdout, "delete ipset KUBE-CLUSTER-IP\n") {
 		t.Errorf("cleanup --kube-proxy does not say what it deleted:\n%s", r.stdout)
+	}
+	if got := ns.Run(t, "ipset", "list", "-n"); got != "cali40all-hosts\n" {
+		t.Errorf("ipsets left: %q, want only cali40all-hosts", got)
+	}
+	if _, err := ns.RunErr("ip", "link", "show", "kube-ipvs0"); err == nil {
+		t.Error("kube-ipvs0 is left")
+	}
+	node := testnet.NewNS(t, "node")
+	node.Run(t, "sh", "-c", "iptables-legacy-restore <"+legacy+"node.rules")
+	node.Run(t, "sh", "-c", "ip6tables-legacy-restore <"+legacy+"node6.rules")
+	for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+		if diff := cmp.Diff(legacyRules(t, node, save), legacyRules(t, ns, save)); diff != "" {
+			t.Errorf("%s after cleanup --kube-proxy (-the node's own rules +got):\n%s", save, diff)
+		}
 	}
 	got := ruleset(t, ns)
 	expected := testnet.NewNS(t, "expected")
@@ -141,6 +196,19 @@ table inet nftproxy {
 	}
 }
 
+// legacyRules is what save (iptables-legacy-save) prints in ns, without
+// its comments and counters.
+func legacyRules(t *testing.T, ns *testnet.NS, save string) []string {
+	t.Helper()
+	var out []string
+	for line := range strings.Lines(ns.Run(t, save)) {
+		if !strings.HasPrefix(line, "#") {
+			out = append(out, regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(strings.TrimSpace(line), "[]"))
+		}
+	}
+	return out
+}
+
 // ruleset lists every table of ns, each normalised, in a stable order.
 func ruleset(t *testing.T, ns *testnet.NS) []string {
 	t.Helper()
@@ -152,4 +220,80 @@ func ruleset(t *testing.T, ns *testnet.NS) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// fakeIPVS stands in for IPVS, which this kernel lacks.
+type fakeIPVS struct {
+	services []*ipvs.Service
+	failOn   string // DelService fails for this service
+	deleted  []string
+}
+
+func (f *fakeIPVS) GetServices() ([]*ipvs.Service, error) { return f.services, nil }
+
+func (f *fakeIPVS) DelService(s *ipvs.Service) error {
+	if describeIPVS(s) == f.failOn {
+		return errors.New("device or resource busy")
+	}
+	f.deleted = append(f.deleted, describeIPVS(s))
+	return nil
+}
+
+// TestCleanupKubeProxyIPVS checks the IPVS part against a fake: the
+// virtual services go where the ipvs mode left its link or ipsets, before
+// them, and stay on a node that never ran it.
+func TestCleanupKubeProxyIPVS(t *testing.T) {
+	testnet.RequireRoot(t)
+	services := func() []*ipvs.Service {
+		return []*ipvs.Service{
+			{Address: net.ParseIP("10.96.0.1"), Protocol: syscall.IPPROTO_TCP, Port: 443},
+			{Address: net.ParseIP("fd00:10:96::a"), Protocol: syscall.IPPROTO_UDP, Port: 53},
+		}
+	}
+	cleanup := func(ns *testnet.NS, h ipvsHandle, dryRun bool) (string, error) {
+		var out strings.Builder
+		err := ns.Do(func() error { return cleanupKubeProxy(t.Context(), nft.NewKernel(), h, &out, dryRun) })
+		return out.String(), err
+	}
+
+	t.Run("the ipvs mode's services go, before its link", func(t *testing.T) {
+		ns := testnet.NewNS(t, "ipvs")
+		ns.Run(t, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
+		h := &fakeIPVS{services: services()}
+		out, err := cleanup(ns, h, true)
+		if err != nil || !strings.Contains(out, "delete IPVS virtual service TCP 10.96.0.1:443\n") || !strings.Contains(out, "delete IPVS virtual service UDP [fd00:10:96::a]:53\n") {
+			t.Fatalf("dry run: %v:\n%s", err, out)
+		}
+		if strings.Index(out, "IPVS") > strings.Index(out, "kube-ipvs0") {
+			t.Errorf("the services would go after the link:\n%s", out)
+		}
+		if len(h.deleted) != 0 {
+			t.Fatalf("a dry run deleted %v", h.deleted)
+		}
+		if _, err := cleanup(ns, h, false); err != nil {
+			t.Fatal(err)
+		}
+		if want := []string{"TCP 10.96.0.1:443", "UDP [fd00:10:96::a]:53"}; !slices.Equal(h.deleted, want) {
+			t.Errorf("deleted %v, want %v", h.deleted, want)
+		}
+	})
+	t.Run("a failed delete keeps the link, so that a rerun finds the services", func(t *testing.T) {
+		ns := testnet.NewNS(t, "ipvs")
+		ns.Run(t, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
+		h := &fakeIPVS{services: services(), failOn: "UDP [fd00:10:96::a]:53"}
+		if _, err := cleanup(ns, h, false); err == nil || !strings.Contains(err.Error(), "delete IPVS virtual service UDP [fd00:10:96::a]:53: device or resource busy") {
+			t.Errorf("cleanup: %v", err)
+		}
+		if _, err := ns.RunErr("ip", "link", "show", "kube-ipvs0"); err != nil {
+			t.Error("kube-ipvs0 went after a failure")
+		}
+	})
+	t.Run("a node that never ran the ipvs mode keeps its IPVS", func(t *testing.T) {
+		ns := testnet.NewNS(t, "ipvs")
+		h := &fakeIPVS{services: services()}
+		out, err := cleanup(ns, h, false)
+		if err != nil || !strings.HasPrefix(out, "nothing of kube-proxy's") || len(h.deleted) != 0 {
+			t.Errorf("cleanup: %v, deleted %v:\n%s", err, h.deleted, out)
+		}
+	})
 }
