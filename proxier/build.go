@@ -435,7 +435,7 @@ func serviceCIDRs(logger klog.Logger, cfg Config, objs []*networkingv1.ServiceCI
 		for _, c := range o.Spec.CIDRs {
 			p, err := netip.ParsePrefix(c)
 			if err != nil {
-				logger.Info("Skipping invalid CIDR of ServiceCIDR", "serviceCIDR", klog.KObj(o), "cidr", c)
+				logger.Error(nil, "Skipping invalid CIDR of ServiceCIDR", "serviceCIDR", klog.KObj(o), "cidr", c)
 				continue
 			}
 			all = append(all, p)
@@ -485,7 +485,7 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 			return
 		}
 		frag.problems = append(frag.problems, p)
-		b.logger.Info("Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
+		b.logger.Error(nil, "Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
 	}
 	var localReady map[netip.Addr]bool
 	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}

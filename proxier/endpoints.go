@@ -46,7 +46,7 @@ func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.E
 		}
 		port, ok, err := slicePort(s, sp)
 		if err != nil {
-			logger.Info("Skipping EndpointSlice port", "endpointSlice", klog.KObj(s), "servicePort", sp.String(), "err", err)
+			logger.Error(nil, "Skipping EndpointSlice port", "endpointSlice", klog.KObj(s), "servicePort", sp.String(), "err", err)
 		}
 		if !ok {
 			continue
@@ -54,16 +54,16 @@ func endpointsFor(logger klog.Logger, sp *servicePort, epSlices []*discoveryv1.E
 		for _, ep := range s.Endpoints {
 			// One address per endpoint: the others are the same pod.
 			if len(ep.Addresses) == 0 {
-				logger.Info("Skipping endpoint without address", "endpointSlice", klog.KObj(s))
+				logger.Error(nil, "Skipping endpoint without address", "endpointSlice", klog.KObj(s))
 				continue
 			}
 			a, err := netip.ParseAddr(ep.Addresses[0])
 			if err != nil || a.Zone() != "" || a.Unmap().Is6() != ipv6 {
-				logger.Info("Skipping invalid endpoint address", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
+				logger.Error(nil, "Skipping invalid endpoint address", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
 				continue
 			}
 			if refusedAddress(a.Unmap()) {
-				logger.Info("Skipping endpoint address the API refuses (unspecified, loopback or link-local)", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
+				logger.Error(nil, "Skipping endpoint address the API refuses (unspecified, loopback or link-local)", "endpointSlice", klog.KObj(s), "address", ep.Addresses[0])
 				continue
 			}
 			c := ep.Conditions

@@ -93,6 +93,9 @@ type dumpCase struct {
 	// want are lines of the dump (elements), absent strings it must not
 	// contain, logs strings stderr must contain.
 	want, absent, logs []string
+	// ignored: the logs are info lines, as the object is fine and only
+	// of a kind nftproxy does not proxy; otherwise they are errors.
+	ignored bool
 }
 
 func dumpCases() []dumpCase {
@@ -144,12 +147,13 @@ func dumpCases() []dumpCase {
 		logs: []string{`"Skipping endpoint without address"`, `address=""`, `address="not-an-ip"`, `address="10.244.2.7/24"`,
 			`address="010.244.2.8"`, `address="127.0.0.1"`, `address="169.254.169.254"`, `address="0.0.0.0"`},
 	}, {
-		name:   "an FQDN slice is ignored",
-		yaml:   service("default", "bad", badSpec) + slice("default", "bad-1", "bad", "FQDN", badPorts, "[{addresses: [db.example.com]}]"),
-		args:   []string{"-v=4"},
-		want:   []string{badIP + ` . tcp . 80 comment "default/bad:http" : goto reject-chain`},
-		absent: []string{"example.com"},
-		logs:   []string{`"Ignoring EndpointSlice of an unsupported address type" endpointSlice="default/bad-1" addressType="FQDN"`},
+		name:    "an FQDN slice is ignored",
+		yaml:    service("default", "bad", badSpec) + slice("default", "bad-1", "bad", "FQDN", badPorts, "[{addresses: [db.example.com]}]"),
+		args:    []string{"-v=4"},
+		want:    []string{badIP + ` . tcp . 80 comment "default/bad:http" : goto reject-chain`},
+		absent:  []string{"example.com"},
+		logs:    []string{`"Ignoring EndpointSlice of an unsupported address type" endpointSlice="default/bad-1" addressType="FQDN"`},
+		ignored: true,
 	}, {
 		name: "service ports and NodePorts out of range are skipped, the other ports kept",
 		yaml: service("default", "bad", `  type: NodePort
@@ -305,6 +309,14 @@ func TestBadObjectsThroughDump(t *testing.T) {
 			for _, l := range tc.logs {
 				if !strings.Contains(r.stderr, l) {
 					t.Errorf("log lacks %s", l)
+				}
+				// What is skipped is logged at error severity (klog's
+				// "E" lines), as kube-proxy logs the ports and
+				// endpoints it ignores, not among the info lines.
+				for line := range strings.Lines(r.stderr) {
+					if strings.Contains(line, l) && strings.HasPrefix(line, "E") == tc.ignored {
+						t.Errorf("logged at the wrong severity: %s", line)
+					}
 				}
 			}
 			if t.Failed() {
