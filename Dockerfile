@@ -17,4 +17,7 @@ LABEL org.opencontainers.image.title=nftproxy \
       org.opencontainers.image.created=$CREATED \
       io.nftproxy.go-version=$GO_VERSION
 COPY nftproxy /nftproxy
+# Not root: /nftproxy's file capability (cap_net_admin=ep) is all it needs
+# and all it gets (manifests/daemonset.yaml says why).
+USER 65532:65532
 ENTRYPOINT ["/nftproxy"]

@@ -4,16 +4,16 @@
 # container, checks that it holds only /nftproxy, a static binary, runs that
 # binary's --version directly and reads the provenance labels; then builds
 # it for amd64 and arm64 with its SBOM, as a release does, and checks the
-# OCI archive (hack/ocicheck). Installs podman when missing (as root),
+# OCI archive (hack/ocicheck). Installs podman and setcap when missing (as root),
 # with netavark, the network backend podman needs even for a container it
 # only creates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v podman >/dev/null; then
+if ! command -v podman >/dev/null || ! command -v setcap >/dev/null; then
 	log=$(mktemp)
 	{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends podman netavark; } >"$log" 2>&1 ||
+		apt-get install -y -qq --no-install-recommends podman netavark libcap2-bin; } >"$log" 2>&1 ||
 		{ cat "$log" >&2; exit 1; }
 	rm -f "$log"
 fi

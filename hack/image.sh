@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the nftproxy image offline: a static Linux binary (CGO_ENABLED=0)
-# per platform, stamped with its version and commit, copied into a FROM
-# scratch image (Dockerfile) labelled with its provenance.
+# per platform, stamped with its version and commit, given the file
+# capability cap_net_admin=ep (setcap, Debian's libcap2-bin), copied into a
+# FROM scratch image (Dockerfile) labelled with its provenance.
 #
 #   hack/image.sh [-o ARCHIVE] [-s SBOM]
 #
@@ -45,6 +46,8 @@ if ((${#platforms[@]} > 1)); then
 	[[ $engine == podman ]] || { echo "image.sh: several PLATFORMS need podman" >&2; exit 2; }
 fi
 
+command -v setcap >/dev/null || { echo "image.sh: needs setcap (Debian: apt-get install libcap2-bin)" >&2; exit 2; }
+
 context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 if $multi; then
@@ -58,6 +61,10 @@ for platform in "${platforms[@]}"; do
 	rm -f "$context/nftproxy"
 	CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath \
 		-ldflags "-s -w -X main.version=$version -X main.commit=$commit" -o "$context/nftproxy" ./cmd/nftproxy
+	# The image runs as a non-root user (Dockerfile's USER): its one
+	# capability comes from the binary, as a file capability that COPY
+	# keeps (a security.capability xattr in the layer).
+	setcap cap_net_admin=ep "$context/nftproxy"
 	build=(build --quiet -f Dockerfile --platform "$platform"
 		--build-arg VERSION="$version" --build-arg REVISION="$commit" --build-arg CREATED="$created"
 		--build-arg GO_VERSION="$(go env GOVERSION)")

@@ -216,8 +216,10 @@ func TestDaemonSet(t *testing.T) {
 	if sc.Privileged == nil || *sc.Privileged {
 		t.Error("privileged not set to false")
 	}
-	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-		t.Error("allowPrivilegeEscalation not set to false")
+	// Exec must honour /nftproxy's file capability: no_new_privs, which
+	// allowPrivilegeEscalation: false sets, would make it ignore it.
+	if sc.AllowPrivilegeEscalation == nil || !*sc.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation not true: the file capability would not apply")
 	}
 	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 		t.Error("root filesystem not read-only")
@@ -228,8 +230,12 @@ func TestDaemonSet(t *testing.T) {
 	if diff := cmp.Diff([]corev1.Capability{"ALL"}, sc.Capabilities.Drop); diff != "" {
 		t.Errorf("capabilities dropped (-want +got):\n%s", diff)
 	}
-	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
-		t.Error("runAsUser not 0: the runtime grants added capabilities to root only")
+	if sc.RunAsUser == nil || *sc.RunAsUser == 0 || sc.RunAsGroup == nil || *sc.RunAsGroup == 0 ||
+		sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot {
+		t.Errorf("runs as user %v, group %v, runAsNonRoot %v: want a non-root user and group", sc.RunAsUser, sc.RunAsGroup, sc.RunAsNonRoot)
+	}
+	if sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("seccomp profile %v, want RuntimeDefault", sc.SeccompProfile)
 	}
 
 	for _, p := range []struct {

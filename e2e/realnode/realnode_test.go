@@ -27,7 +27,8 @@ import (
 // serves real pods: the DaemonSet is Ready on every node, and a Service's
 // NodePort (from the outside client, on every node) and ClusterIP (from a
 // node, TCP and UDP) reach pods on all three nodes. Then kubectl nftproxy
-// answers from every node (checkKubectlPlugin).
+// answers from every node (checkKubectlPlugin), and nftproxy runs as a
+// non-root user with NET_ADMIN only (checkLeastPrivilege).
 func TestRealNodes(t *testing.T) {
 	ctx := testContext(t, 15*time.Minute)
 	start := time.Now()
@@ -58,6 +59,7 @@ func TestRealNodes(t *testing.T) {
 		}
 	}
 	checkKubectlPlugin(ctx, t, c, svc)
+	checkLeastPrivilege(ctx, t, c)
 }
 
 // testContext returns a context that logs to t and ends after timeout or
