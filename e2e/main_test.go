@@ -66,6 +66,7 @@ func TestE2E(t *testing.T) {
 		{"TableDeleted", testTableDeleted},
 		{"APIServerDown", testAPIServerDown},
 		{"ManyServices", testManyServices},
+		{"ChartDryRun", testChartDryRun},
 	}
 	for _, s := range scenarios {
 		t.Run(s.name, func(t *testing.T) { s.run(t, c) })

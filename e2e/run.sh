@@ -18,6 +18,7 @@ done
 [[ $(id -u) == 0 ]] || { echo "e2e: run as root" >&2; exit 1; }
 
 bash e2e/tools/build.sh
+bash e2e/tools/helm/build.sh # for the ChartDryRun scenario
 go build -o .cache/bin/nftproxy ./cmd/nftproxy
 # The suite tears down after itself; this also covers a killed test binary.
 go build -o .cache/bin/e2e-cluster ./e2e/cluster

@@ -62,8 +62,10 @@ func DefaultControlPlaneOptions() ControlPlaneOptions {
 			"--concurrent-service-endpoint-syncs", "10",
 		},
 		// No controller creates the default ServiceAccounts pods would
-		// need; pods here run no code that talks to the API.
-		APIServerArgs: []string{"--disable-admission-plugins", "ServiceAccount"},
+		// need; pods here run no code that talks to the API. Privileged
+		// containers allowed, as kubeadm does: the chart's optional init
+		// container is one (the ChartDryRun scenario).
+		APIServerArgs: []string{"--disable-admission-plugins", "ServiceAccount", "--allow-privileged=true"},
 		QPS:           200, Burst: 400, UserAgent: "nftproxy-e2e",
 	}
 }
