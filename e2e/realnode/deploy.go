@@ -25,10 +25,32 @@ const (
 	// helm-values.yaml, as the README tells users too.
 	NftproxyHelm Proxy = "nftproxy-helm"
 	// KubeProxyNftables and KubeProxyIptables are upstream kube-proxy as
-	// kubeadm deploys it (kube-proxy.yaml), in that mode.
+	// kubeadm deploys it (kube-proxy.yaml), in that mode; iptables with
+	// the nft backend, Debian's default.
 	KubeProxyNftables Proxy = "kube-proxy-nftables"
 	KubeProxyIptables Proxy = "kube-proxy-iptables"
+	// KubeProxyIptablesLegacy is the iptables mode with the legacy
+	// backend: the image's iptables alternatives point to
+	// iptables-legacy before kube-proxy starts, as on a node where
+	// iptables-wrapper found legacy rules.
+	KubeProxyIptablesLegacy Proxy = "kube-proxy-iptables-legacy"
 )
+
+// isKubeProxy reports whether p is one of upstream kube-proxy's modes.
+func isKubeProxy(p Proxy) bool {
+	return p == KubeProxyNftables || p == KubeProxyIptables || p == KubeProxyIptablesLegacy
+}
+
+// legacyCommand starts kube-proxy with iptables-legacy behind the iptables
+// commands it runs.
+const legacyCommand = `        command:
+        - sh
+        - -c
+        - update-alternatives --set iptables /usr/sbin/iptables-legacy >/dev/null &&
+          update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy >/dev/null &&
+          exec /usr/local/bin/kube-proxy "$@"
+        - kube-proxy
+`
 
 // StartOptions says what a cluster runs besides its nodes.
 type StartOptions struct {
@@ -127,14 +149,22 @@ func (c *Cluster) DeployProxy(ctx context.Context, p Proxy) error {
 			return fmt.Errorf("helm install nftproxy: %w\n%s", err, out)
 		}
 		return c.waitDaemonSet(ctx, "nftproxy", "nftproxy")
-	case KubeProxyNftables, KubeProxyIptables:
+	case KubeProxyNftables, KubeProxyIptables, KubeProxyIptablesLegacy:
 		manifest, err := os.ReadFile(filepath.Join(dir, "kube-proxy.yaml"))
 		if err != nil {
 			return err
 		}
-		mode := strings.TrimPrefix(string(p), "kube-proxy-")
+		mode := strings.TrimSuffix(strings.TrimPrefix(string(p), "kube-proxy-"), "-legacy")
+		manifest = bytes.Replace(manifest, []byte("mode: MODE"), []byte("mode: "+mode), 1)
+		if p == KubeProxyIptablesLegacy {
+			command := []byte("        command:\n        - /usr/local/bin/kube-proxy\n")
+			if !bytes.Contains(manifest, command) {
+				return fmt.Errorf("kube-proxy.yaml: no command %q to run with iptables-legacy", command)
+			}
+			manifest = bytes.Replace(manifest, command, []byte(legacyCommand), 1)
+		}
 		path := filepath.Join(c.Paths.State, "kube-proxy.yaml")
-		if err := os.WriteFile(path, bytes.Replace(manifest, []byte("mode: MODE"), []byte("mode: "+mode), 1), 0o644); err != nil {
+		if err := os.WriteFile(path, manifest, 0o644); err != nil {
 			return err
 		}
 		if out, err := c.Kubectl(ctx, "apply", "-f", path); err != nil {
@@ -176,7 +206,7 @@ func (c *Cluster) RemoveProxy(ctx context.Context, p Proxy) error {
 	case Nftproxy:
 		namespace, selector = "nftproxy", "app.kubernetes.io/name=nftproxy"
 		args = []string{"delete", "-k", filepath.Join(c.root, "e2e", "realnode", "overlay")}
-	case KubeProxyNftables, KubeProxyIptables:
+	case KubeProxyNftables, KubeProxyIptables, KubeProxyIptablesLegacy:
 		namespace, selector = "kube-system", "k8s-app=kube-proxy"
 		args = []string{"-n", "kube-system", "delete", "daemonset/kube-proxy", "configmap/kube-proxy"}
 	default:

@@ -19,13 +19,14 @@ import (
 )
 
 // TestMigration moves a running cluster from kube-proxy (nftables mode,
-// then iptables mode) to nftproxy and back, by the README's procedure,
+// then iptables mode with the nft backend, then with the legacy one) to
+// nftproxy and back, by the README's procedure,
 // while clients keep connecting: a pod to a ClusterIP over TCP and UDP,
 // and the outside client to the NodePort of each node in turn, a new
 // connection every 100 ms each. No connection may fail; after the move no
 // kube-proxy rule is left, after the way back no nftproxy table.
 func TestMigration(t *testing.T) {
-	for _, from := range []Proxy{KubeProxyNftables, KubeProxyIptables} {
+	for _, from := range []Proxy{KubeProxyNftables, KubeProxyIptables, KubeProxyIptablesLegacy} {
 		t.Run(string(from), func(t *testing.T) { testMigration(t, from) })
 	}
 }
@@ -170,12 +171,15 @@ func summary(loops []*trafficLoop) string {
 var (
 	tableLine = regexp.MustCompile(`(?m)^table (\S+) (\S+) \{`)
 	chainLine = regexp.MustCompile(`(?m)^\s+chain (KUBE-\S+) \{`)
+	// legacyChainLine is a chain of iptables-legacy-save: ":KUBE-SERVICES - [0:0]".
+	legacyChainLine = regexp.MustCompile(`(?m)^:(KUBE-\S+) `)
 )
 
-// checkRules checks every node's ruleset, as nft lists it, for the rules
-// of the proxy that left: with nftproxy running, no kube-proxy table and
-// no KUBE-* chain but the kubelet's; with kube-proxy running, no nftproxy
-// table. The running proxy's own rules must be there.
+// checkRules checks every node's ruleset, as nft and iptables-legacy-save
+// list it, for the rules of the proxy that left: with nftproxy running, no
+// kube-proxy table and no KUBE-* chain but the kubelet's, in nftables or
+// iptables-legacy; with kube-proxy running, no nftproxy table. The running
+// proxy's own rules must be there.
 func checkRules(ctx context.Context, c *Cluster, running Proxy) error {
 	kubelets := []string{"KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY", "KUBE-FIREWALL"}
 	for _, n := range c.Nodes() {
@@ -192,6 +196,20 @@ func checkRules(ctx context.Context, c *Cluster, running Proxy) error {
 				chains = append(chains, m[1])
 			}
 		}
+		// The legacy tables are apart from nftables: their chains as
+		// iptables-legacy-save lists them (which creates no table).
+		var legacy []string
+		for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
+			out, err := n.NS.Output(ctx, save)
+			if err != nil {
+				return fmt.Errorf("%s: %w", n.Name, err)
+			}
+			for _, m := range legacyChainLine.FindAllStringSubmatch(out, -1) {
+				if !slices.Contains(kubelets, m[1]) {
+					legacy = append(legacy, m[1])
+				}
+			}
+		}
 		var left []string
 		switch running {
 		case Nftproxy:
@@ -201,19 +219,25 @@ func checkRules(ctx context.Context, c *Cluster, running Proxy) error {
 				}
 			}
 			left = append(left, chains...)
+			for _, c := range legacy {
+				left = append(left, "iptables-legacy chain "+c)
+			}
 			if !slices.Contains(tables, "inet nftproxy") {
 				return fmt.Errorf("%s: no inet nftproxy table: %v", n.Name, tables)
 			}
-		case KubeProxyNftables, KubeProxyIptables:
+		case KubeProxyNftables, KubeProxyIptables, KubeProxyIptablesLegacy:
 			if slices.Contains(tables, "inet nftproxy") {
 				left = append(left, "table inet nftproxy")
 			}
 			own := slices.Contains(tables, "ip kube-proxy")
-			if running == KubeProxyIptables {
+			switch running {
+			case KubeProxyIptables:
 				own = slices.Contains(chains, "KUBE-SERVICES")
+			case KubeProxyIptablesLegacy:
+				own = slices.Contains(legacy, "KUBE-SERVICES")
 			}
 			if !own {
-				return fmt.Errorf("%s: %s's rules missing: tables %v, chains %v", n.Name, running, tables, chains)
+				return fmt.Errorf("%s: %s's rules missing: tables %v, chains %v, iptables-legacy chains %v", n.Name, running, tables, chains, legacy)
 			}
 		}
 		if len(left) > 0 {

@@ -28,7 +28,7 @@ if [[ ${1:-} == down ]]; then
 fi
 
 need=()
-for tool in containerd:containerd runc:runc ctr:containerd podman:podman setcap:libcap2-bin unshare:util-linux nsenter:util-linux ip:iproute2 nft:nftables; do
+for tool in containerd:containerd runc:runc ctr:containerd podman:podman setcap:libcap2-bin iptables-legacy-save:iptables unshare:util-linux nsenter:util-linux ip:iproute2 nft:nftables; do
 	command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || need+=(containernetworking-plugins)
