@@ -19,8 +19,19 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-//go:embed *.yaml migration/*.yaml
+//go:embed *.yaml migration/*.yaml seccomp/nftproxy.json
 var files embed.FS
+
+// SeccompProfile is seccomp/nftproxy.json, nftproxy's own seccomp profile
+// (the system calls it makes, nothing else), for a node's kubelet
+// seccomp directory.
+func SeccompProfile() []byte {
+	b, err := files.ReadFile("seccomp/nftproxy.json")
+	if err != nil {
+		panic(err) // embedded: cannot fail
+	}
+	return b
+}
 
 // strict decodes YAML into client-go's typed objects and fails on unknown
 // or duplicated fields, which the API server would drop or reject.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nftproxy/nftproxy/e2e/harness"
+	"github.com/nftproxy/nftproxy/manifests"
 )
 
 // node is one real node: a network namespace on the LAN and, started by
@@ -164,6 +165,15 @@ func (n *node) writeFiles(p nodeParams) error {
 		if err := os.WriteFile(path, b.Bytes(), 0o755); err != nil {
 			return fmt.Errorf("write %s: %w", path, err)
 		}
+	}
+	// nftproxy's seccomp profile, where the kubelet looks for
+	// localhostProfile: profiles/nftproxy.json (overlay/, helm-values.yaml).
+	seccomp := filepath.Join(n.dir, "kubelet", "seccomp", "profiles", "nftproxy.json")
+	if err := os.MkdirAll(filepath.Dir(seccomp), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(seccomp, manifests.SeccompProfile(), 0o644); err != nil {
+		return err
 	}
 	return os.MkdirAll(filepath.Join(n.dir, "cni", "net.d"), 0o755)
 }
