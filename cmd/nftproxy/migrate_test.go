@@ -108,9 +108,11 @@ table inet nftproxy {
 	ns.Run(t, "iptables-legacy", "-t", "nat", "-A", "KUBE-POSTROUTING", "-m", "set", "--match-set", "KUBE-CLUSTER-IP", "dst,dst", "-j", "ACCEPT")
 	ns.Run(t, "ip", "link", "add", "kube-ipvs0", "type", "bridge")
 	ns.Run(t, "ip", "addr", "add", "10.96.0.1/32", "dev", "kube-ipvs0")
+	// The node's state, without what changes by itself: iptables-save's
+	// timestamp comment and counters.
 	state := func() string {
-		return ns.Run(t, "nft", "list", "ruleset") + ns.Run(t, "iptables-legacy-save") + ns.Run(t, "ip6tables-legacy-save") +
-			ns.Run(t, "ipset", "list", "-n") + ns.Run(t, "ip", "-o", "link", "show")
+		return ns.Run(t, "nft", "list", "ruleset") + strings.Join(legacyRules(t, ns, "iptables-legacy-save"), "\n") +
+			strings.Join(legacyRules(t, ns, "ip6tables-legacy-save"), "\n") + ns.Run(t, "ipset", "list", "-n") + ns.Run(t, "ip", "-o", "link", "show")
 	}
 	before := state()
 
