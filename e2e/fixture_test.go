@@ -55,9 +55,13 @@ func newScenario(t *testing.T, c cluster) *scenario {
 	// Where the ServiceAccount admission plugin runs (real clusters: the
 	// serviceaccount controller has made default's own), pods are refused
 	// until the controller has made the new namespace's default account.
+	// After the APIServerDown scenario the controller manager's informers
+	// come back with client-go's backoff (up to 30 s plus jitter) and the
+	// account only then: a fresh CI run on real nodes, beside fuzzing and
+	// the image build, waited more than 30 s.
 	sas := c.Client().CoreV1().ServiceAccounts
 	if _, err := sas("default").Get(ctx, "default", metav1.GetOptions{}); err == nil {
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
 			_, err := sas(name).Get(ctx, "default", metav1.GetOptions{})
 			return err == nil, nil
 		})
