@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"net"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -111,8 +110,8 @@ table inet nftproxy {
 	// The node's state, without what changes by itself: iptables-save's
 	// timestamp comment and counters.
 	state := func() string {
-		return ns.Run(t, "nft", "list", "ruleset") + strings.Join(legacyRules(t, ns, "iptables-legacy-save"), "\n") +
-			strings.Join(legacyRules(t, ns, "ip6tables-legacy-save"), "\n") + ns.Run(t, "ipset", "list", "-n") + ns.Run(t, "ip", "-o", "link", "show")
+		return ns.Run(t, "nft", "list", "ruleset") + strings.Join(ns.SavedRules(t, "iptables-legacy-save"), "\n") +
+			strings.Join(ns.SavedRules(t, "ip6tables-legacy-save"), "\n") + ns.Run(t, "ipset", "list", "-n") + ns.Run(t, "ip", "-o", "link", "show")
 	}
 	before := state()
 
@@ -156,7 +155,7 @@ table inet nftproxy {
 	node.Run(t, "sh", "-c", "iptables-legacy-restore <"+legacy+"node.rules")
 	node.Run(t, "sh", "-c", "ip6tables-legacy-restore <"+legacy+"node6.rules")
 	for _, save := range []string{"iptables-legacy-save", "ip6tables-legacy-save"} {
-		if diff := cmp.Diff(legacyRules(t, node, save), legacyRules(t, ns, save)); diff != "" {
+		if diff := cmp.Diff(node.SavedRules(t, save), ns.SavedRules(t, save)); diff != "" {
 			t.Errorf("%s after cleanup --kube-proxy (-the node's own rules +got):\n%s", save, diff)
 		}
 	}
@@ -196,19 +195,6 @@ table inet nftproxy {
 	if r := nftproxy(t, ns, "cleanup", "--kube-proxy"); r.code != 0 || !strings.HasPrefix(r.stdout, "nothing of kube-proxy's") {
 		t.Errorf("second cleanup --kube-proxy: exit %d: %s%s", r.code, r.stdout, r.stderr)
 	}
-}
-
-// legacyRules is what save (iptables-legacy-save) prints in ns, without
-// its comments and counters.
-func legacyRules(t *testing.T, ns *testnet.NS, save string) []string {
-	t.Helper()
-	var out []string
-	for line := range strings.Lines(ns.Run(t, save)) {
-		if !strings.HasPrefix(line, "#") {
-			out = append(out, regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(strings.TrimSpace(line), "[]"))
-		}
-	}
-	return out
 }
 
 // ruleset lists every table of ns, each normalised, in a stable order.

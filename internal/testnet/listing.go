@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"testing"
 )
 
 // counterRE matches a counter's values; objectValuesRE those of a named
@@ -57,4 +58,21 @@ func NormalizeListing(s string) string {
 		out = append(out, b...)
 	}
 	return strings.Join(out, "\n")
+}
+
+// saveCountersRE matches the packet and byte counters iptables-save prints.
+var saveCountersRE = regexp.MustCompile(`\[\d+:\d+\]`)
+
+// SavedRules runs save (iptables-legacy-save, ip6tables-legacy-save, ...)
+// in ns and returns its lines without what changes by itself: the
+// comments (which carry a timestamp) and the counters.
+func (ns *NS) SavedRules(t testing.TB, save string) []string {
+	t.Helper()
+	var out []string
+	for line := range strings.Lines(ns.Run(t, save)) {
+		if !strings.HasPrefix(line, "#") {
+			out = append(out, saveCountersRE.ReplaceAllString(strings.TrimSpace(line), "[]"))
+		}
+	}
+	return out
 }

@@ -3,7 +3,6 @@ package xtables
 import (
 	"errors"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -91,7 +90,7 @@ func TestRemoveKubeProxyChains(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(saved(t, want, fam), saved(t, ns, fam)); diff != "" {
+			if diff := cmp.Diff(want.SavedRules(t, fam.save), ns.SavedRules(t, fam.save)); diff != "" {
 				t.Errorf("after the removal (-the node's rules +got):\n%s", diff)
 			}
 			for _, r := range removals {
@@ -196,19 +195,6 @@ func chainsOf(t *testing.T, ns *testnet.NS, fam family, table string) []string {
 		}
 	}
 	return sorted(out)
-}
-
-var counters = regexp.MustCompile(`\[\d+:\d+\]`)
-
-// saved is iptables-legacy-save's output without its comments and counters.
-func saved(t *testing.T, ns *testnet.NS, fam family) []string {
-	var out []string
-	for line := range strings.Lines(ns.Run(t, fam.save)) {
-		if !strings.HasPrefix(line, "#") {
-			out = append(out, counters.ReplaceAllString(strings.TrimSpace(line), "[]"))
-		}
-	}
-	return out
 }
 
 func sorted(s []string) []string {
