@@ -49,7 +49,10 @@ type Packet struct {
 	Src, Dst netip.Addr
 	Proto    uint8
 	Dport    uint16
-	Mark     uint32
+	// Sport is the source port, which hashes of the source read; 0 is
+	// any port: a hash then counts as a random choice of every slot.
+	Sport uint16
+	Mark  uint32
 }
 
 func (p Packet) String() string {
@@ -102,7 +105,8 @@ type Step struct {
 	// map or DNAT map), if any.
 	Set     string
 	Element *Element
-	// Slot of Slots: the random choice the rule made (numgen), if any.
+	// Slot of Slots: the choice the rule made (numgen, or a hash of the
+	// source), if any.
 	Slot, Slots uint32
 }
 
@@ -558,6 +562,17 @@ func (r *run) field(f Field) (Datum, bool, error) {
 	case fieldNumgen:
 		n, err := r.choose(f.mod)
 		return Int(n), err == nil, err
+	case fieldJhashIPv4Source, fieldJhashIPv6Source:
+		if r.p.Src.Is4() != (f.ipFamily() == 4) {
+			return Datum{}, false, nil
+		}
+		if r.p.Sport == 0 {
+			n, err := r.choose(f.mod)
+			return Int(n), err == nil, err
+		}
+		n := SourceSlot(netip.AddrPortFrom(r.p.Src, r.p.Sport), f.mod, f.seed)
+		r.slot, r.slots = n, f.mod
+		return Int(n), true, nil
 	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr:
 		return Addr(r.orig.Dst), r.orig.Dst.Is4() == (f.kind == fieldCtOrigIPv4Daddr), nil
 	case fieldCtOrigProtoDst:

@@ -24,6 +24,9 @@ const (
 	fieldCtOrigIPv6Daddr
 	fieldCtOrigProtoDst
 	fieldCtDirection
+	// Hashes of the flow's source (jhash.go): a slot number.
+	fieldJhashIPv4Source
+	fieldJhashIPv6Source
 )
 
 // Field is a packet (or packet metadata) field: the left side of a match, a
@@ -31,7 +34,8 @@ const (
 // byte length of the values it is compared with.
 type Field struct {
 	kind fieldKind
-	mod  uint32 // numgen modulus
+	mod  uint32 // numgen or hash modulus
+	seed uint32 // hash seed
 }
 
 // Fields nftproxy matches on.
@@ -65,6 +69,26 @@ func CtOriginalDaddr(ipv6 bool) Field {
 // NumgenRandom is `numgen random mod n`: a random number in [0, n). As a set
 // key component (where n does not matter) it declares a 32-bit integer slot.
 func NumgenRandom(n uint32) Field { return Field{kind: fieldNumgen, mod: n} }
+
+// JhashSource is `jhash ip saddr . th sport mod n seed s` (ip6 saddr with
+// ipv6): a slot in [0, n) that depends only on the flow's source address and
+// port, the same on every host that uses the same seed. Seed 0 is refused
+// when the rule is lowered: the kernel would draw a random seed for each
+// rule, and each host would choose differently.
+func JhashSource(ipv6 bool, n, seed uint32) Field {
+	if ipv6 {
+		return Field{kind: fieldJhashIPv6Source, mod: n, seed: seed}
+	}
+	return Field{kind: fieldJhashIPv4Source, mod: n, seed: seed}
+}
+
+// IsSlot reports whether the field picks a slot: numgen or a hash.
+func (f Field) IsSlot() bool {
+	return f.kind == fieldNumgen || f.kind == fieldJhashIPv4Source || f.kind == fieldJhashIPv6Source
+}
+
+// Slots is the modulus of a slot field: how many slots it picks from.
+func (f Field) Slots() uint32 { return f.mod }
 
 // Saddr and Daddr return the address fields of an IP family (4 or 6).
 func Saddr(ipv6 bool) Field {
@@ -108,6 +132,10 @@ func (f Field) String() string {
 		return "ct original proto-dst"
 	case fieldCtDirection:
 		return "ct direction"
+	case fieldJhashIPv4Source:
+		return fmt.Sprintf("jhash ip saddr . th sport mod %d seed 0x%x", f.mod, f.seed)
+	case fieldJhashIPv6Source:
+		return fmt.Sprintf("jhash ip6 saddr . th sport mod %d seed 0x%x", f.mod, f.seed)
 	}
 	return fmt.Sprintf("field(%d)", f.kind)
 }
@@ -135,7 +163,7 @@ func (f Field) typeName() string {
 // size is the field's length in bytes.
 func (f Field) size() int {
 	switch f.kind {
-	case fieldIPv4Saddr, fieldIPv4Daddr, fieldMark, fieldNumgen, fieldCtOrigIPv4Daddr:
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldMark, fieldNumgen, fieldCtOrigIPv4Daddr, fieldJhashIPv4Source, fieldJhashIPv6Source:
 		return 4
 	case fieldIPv6Saddr, fieldIPv6Daddr, fieldCtOrigIPv6Daddr:
 		return 16
@@ -153,9 +181,9 @@ func (f Field) size() int {
 // and nft adds no check either.
 func (f Field) ipFamily() int {
 	switch f.kind {
-	case fieldIPv4Saddr, fieldIPv4Daddr:
+	case fieldIPv4Saddr, fieldIPv4Daddr, fieldJhashIPv4Source:
 		return 4
-	case fieldIPv6Saddr, fieldIPv6Daddr:
+	case fieldIPv6Saddr, fieldIPv6Daddr, fieldJhashIPv6Source:
 		return 6
 	}
 	return 0
@@ -182,7 +210,7 @@ func (f Field) accepts(d Datum, interval bool) bool {
 		return d.kind == datumProto
 	case fieldTHDport:
 		return d.kind == datumPort
-	case fieldMark, fieldNumgen:
+	case fieldMark, fieldNumgen, fieldJhashIPv4Source, fieldJhashIPv6Source:
 		return d.kind == datumInt
 	}
 	return false

@@ -58,7 +58,22 @@ func (l *lowerer) loadFields(fields []Field) error {
 		}
 	}
 	off := 0
-	for _, f := range fields {
+	for i, f := range fields {
+		if f.kind == fieldJhashIPv4Source || f.kind == fieldJhashIPv6Source {
+			if i != len(fields)-1 {
+				return fmt.Errorf("%s must be the last component of a concatenation", f)
+			}
+			if f.seed == 0 {
+				return fmt.Errorf("%s: seed 0 would let the kernel draw a different seed for each rule", f)
+			}
+			scratch := 8 // the address and the port, from the hash's own register
+			if f.ipFamily() == 6 {
+				scratch = 20
+			}
+			if off+scratch > 64 {
+				return fmt.Errorf("concatenation with %s does not fit the registers", f)
+			}
+		}
 		l.emit(loadField(f, fieldReg(off))...)
 		off += (f.size() + 3) / 4 * 4
 	}
@@ -111,8 +126,28 @@ func loadField(f Field, reg uint32) []expr.Any {
 		return []expr.Any{&expr.Numgen{Register: reg, Modulus: f.mod, Type: unix.NFT_NG_RANDOM}}
 	case fieldCtOrigIPv4Daddr, fieldCtOrigIPv6Daddr, fieldCtOrigProtoDst, fieldCtDirection:
 		return []expr.Any{loadCtField(f, reg)}
+	case fieldJhashIPv4Source, fieldJhashIPv6Source:
+		return loadSourceHash(f, reg)
 	}
 	panic(fmt.Sprintf("nft: unknown field kind %d", f.kind))
+}
+
+// loadSourceHash hashes the source address and port into reg. It loads
+// them from reg on, so it must be the last component of a concatenation
+// (the registers after it are free); the hash reads its input before it
+// writes its result over it.
+func loadSourceHash(f Field, reg uint32) []expr.Any {
+	if reg == reg1 {
+		reg = reg32Off
+	}
+	addr, addrLen := Saddr(f.kind == fieldJhashIPv6Source), uint32(4)
+	if f.kind == fieldJhashIPv6Source {
+		addrLen = 16
+	}
+	return append(loadField(addr, reg),
+		&expr.Payload{DestRegister: reg + addrLen/4, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Hash{Type: expr.HashTypeJenkins, SourceRegister: reg, DestRegister: reg, Length: addrLen + 4, Modulus: f.mod, Seed: f.seed},
+	)
 }
 
 func (m Match) lower(l *lowerer) error {

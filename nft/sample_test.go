@@ -26,6 +26,9 @@ func sampleTable(services int) *Table {
 		c := t.AddChain(&Chain{Name: fmt.Sprintf("endpoints-%d", n)})
 		c.AddRule(DNATMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, NumgenRandom(n)}, Map: "service-endpoints"})
 	}
+	// Consistent choice: a hash of the source picks the slot.
+	t.AddChain(&Chain{Name: "maglev-251"}).AddRule(DNATMap{Fields: []Field{IPv4Daddr, L4Proto, THDport, JhashSource(false, 251, 0x6e667078)}, Map: "service-endpoints"})
+	t.AddChain(&Chain{Name: "maglev-v6-251"}).AddRule(DNATMap{IPv6: true, Fields: []Field{IPv6Daddr, L4Proto, THDport, JhashSource(true, 251, 0x6e667078)}, Map: "v6-endpoints"})
 	rej := t.AddChain(&Chain{Name: "reject-chain"})
 	rej.AddRule(Match{Field: L4Proto, Value: Proto(ProtoTCP)}, Reject{Kind: RejectTCPReset})
 	rej.AddRule(Reject{})

@@ -258,7 +258,7 @@ func dnatElement(rn *run, m DNATMap, to netip.AddrPort) (el *Element, slot, slot
 	}
 	key := make([]Datum, len(m.Fields))
 	for i, f := range m.Fields {
-		if f.kind == fieldNumgen {
+		if f.IsSlot() {
 			slots = f.mod
 			continue
 		}
@@ -279,7 +279,7 @@ func dnatElement(rn *run, m DNATMap, to netip.AddrPort) (el *Element, slot, slot
 		match := true
 		slot = 0
 		for j, f := range m.Fields {
-			if f.kind == fieldNumgen {
+			if f.IsSlot() {
 				slot = e.Key[j].num
 			} else if !datumMatches(key[j], e.Key[j]) {
 				match = false
