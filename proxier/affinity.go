@@ -122,11 +122,11 @@ func (a *affinityPort) externalTarget(nodePort, policyLocal, hasLocal bool) stri
 	return a.externalChain()
 }
 
-// appendAffinitySlots adds one verdict element per endpoint: key . slot →
-// goto the endpoint's chain.
-func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, eps []endpoint) []nft.Element {
-	for i, e := range eps {
-		elems = append(elems, vmapElement(append(slices.Clone(key), nft.Int(uint32(i))), a.endpointChain(e), ""))
+// appendAffinitySlots adds one verdict element per slot of the pick: key .
+// slot → goto the chain of the slot's endpoint.
+func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, eps []endpoint, p pick) []nft.Element {
+	for i, o := range slotOwners(eps, p) {
+		elems = append(elems, vmapElement(append(slices.Clone(key), nft.Int(uint32(i))), a.endpointChain(eps[o]), ""))
 	}
 	return elems
 }
@@ -136,30 +136,30 @@ func (fb *familyBuild) addAffinity(t *nft.Table, masq nft.Expr) {
 	f := fb.f
 	saddr, daddr := nft.Saddr(f.ipv6), nft.Daddr(f.ipv6)
 	for _, a := range fb.affinity {
-		n, m := uint32(len(a.eps)), uint32(len(a.local))
+		n, m := a.sp.pick(len(a.eps)), a.sp.pick(len(a.local))
 		sticky := func(c *nft.Chain, eps []endpoint) {
 			for _, e := range eps {
 				c.AddRule(nft.SetMatch{Fields: []nft.Field{saddr}, Set: a.affinitySet(e)}, nft.Goto(a.endpointChain(e)))
 			}
 		}
-		pick := func(name string, eps []endpoint, key []nft.Field, mod uint32, m string) {
+		pickIn := func(name string, eps []endpoint, key []nft.Field, p pick, m string) {
 			c := t.AddChain(&nft.Chain{Name: name})
 			sticky(c, eps)
-			c.AddRule(nft.VerdictMap{Fields: append(key, nft.NumgenRandom(mod)), Map: m})
+			c.AddRule(nft.VerdictMap{Fields: append(key, p.field(f.ipv6, fb.seed)), Map: m})
 		}
 		vip := []nft.Field{daddr, nft.L4Proto, nft.THDport}
 		np := []nft.Field{nft.L4Proto, nft.THDport}
 		if a.vip {
-			pick(a.serviceChain(), a.eps, vip, n, f.affinityEndpoints())
+			pickIn(a.serviceChain(), a.eps, vip, n, f.affinityEndpoints())
 		}
 		if a.nodePort {
-			pick(a.serviceNodePortChain(), a.eps, np, n, f.affinityNodePortEndpoints())
+			pickIn(a.serviceNodePortChain(), a.eps, np, n, f.affinityNodePortEndpoints())
 		}
 		if a.localVIP {
-			pick(a.serviceLocalChain(), a.local, vip, m, f.affinityLocalEndpoints())
+			pickIn(a.serviceLocalChain(), a.local, vip, m, f.affinityLocalEndpoints())
 		}
 		if a.localNodePort {
-			pick(a.serviceNodePortLocalChain(), a.local, np, m, f.affinityNodePortLocalEndpoints())
+			pickIn(a.serviceNodePortLocalChain(), a.local, np, m, f.affinityNodePortLocalEndpoints())
 		}
 		if a.external {
 			t.AddChain(&nft.Chain{Name: a.externalChain()}).AddRule(masq, nft.Goto(a.serviceChain()))
@@ -170,10 +170,10 @@ func (fb *familyBuild) addAffinity(t *nft.Table, masq nft.Expr) {
 		// The Local policy's external chains, as the shared ones
 		// (addFamilyChains) but through this port's affinity chains.
 		if a.externalLocal {
-			t.AddChain(fb.localExternalChain(a.externalLocalChain(), a.serviceChain(), a.serviceLocalChain(), m > 0, masq))
+			t.AddChain(fb.localExternalChain(a.externalLocalChain(), a.serviceChain(), a.serviceLocalChain(), m.slots > 0, masq))
 		}
 		if a.externalLocalNodePort {
-			t.AddChain(fb.localExternalChain(a.externalLocalNodePortChain(), a.serviceNodePortChain(), a.serviceNodePortLocalChain(), m > 0, masq))
+			t.AddChain(fb.localExternalChain(a.externalLocalNodePortChain(), a.serviceNodePortChain(), a.serviceNodePortLocalChain(), m.slots > 0, masq))
 		}
 		for _, e := range a.allEndpoints() {
 			t.AddSet(&nft.Set{Name: a.affinitySet(e), Key: []nft.Field{saddr}, Dynamic: true, Timeout: a.timeout})

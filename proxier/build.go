@@ -130,7 +130,7 @@ func newBuilder(logger klog.Logger, cfg Config, node *v1.Node, cidrObjs []*netwo
 	}
 	cidrs := serviceCIDRs(logger, cfg, cidrObjs)
 	for i, f := range families() {
-		fc := &familyContext{f: f, counters: cfg.ServiceCounters}
+		fc := &familyContext{f: f, counters: cfg.ServiceCounters, seed: cfg.maglevSeed()}
 		for _, p := range cfg.ClusterCIDRs {
 			if p.Addr().Is6() == f.ipv6 {
 				fc.clusterCIDRs = append(fc.clusterCIDRs, p.Masked())
@@ -154,7 +154,8 @@ func newBuilder(logger klog.Logger, cfg Config, node *v1.Node, cidrObjs []*netwo
 // familyContext is what every service of one family is built against.
 type familyContext struct {
 	f             family
-	counters      bool // Config.ServiceCounters
+	counters      bool   // Config.ServiceCounters
+	seed          uint32 // of the Maglev slot hash
 	nodePortAddrs []netip.Addr
 	clusterCIDRs  []netip.Prefix
 	local         localDetector
@@ -250,29 +251,29 @@ func (f family) affinityNodePortLocalEndpoints() string {
 
 // Chains that pick one of n endpoints by DNAT: of a service IP port's
 // cluster or local endpoints, of a NodePort's.
-func (f family) lbChain(n int) string         { return fmt.Sprintf("lb-%s-%d", f.suffix, n) }
-func (f family) lbLocalChain(n int) string    { return fmt.Sprintf("lb-local-%s-%d", f.suffix, n) }
-func (f family) lbNodePortChain(n int) string { return fmt.Sprintf("lb-nodeport-%s-%d", f.suffix, n) }
-func (f family) lbNodePortLocalChain(n int) string {
-	return fmt.Sprintf("lb-nodeport-local-%s-%d", f.suffix, n)
+func (f family) lbChain(n pick) string         { return fmt.Sprintf("lb-%s-%s", f.suffix, n) }
+func (f family) lbLocalChain(n pick) string    { return fmt.Sprintf("lb-local-%s-%s", f.suffix, n) }
+func (f family) lbNodePortChain(n pick) string { return fmt.Sprintf("lb-nodeport-%s-%s", f.suffix, n) }
+func (f family) lbNodePortLocalChain(n pick) string {
+	return fmt.Sprintf("lb-nodeport-local-%s-%s", f.suffix, n)
 }
 
 // Chains for external traffic (external IPs, load balancer IPs, NodePorts):
 // with the Cluster policy, masquerade then pick among n cluster endpoints;
 // with the Local policy, send pod and host traffic to the n cluster
 // endpoints and the rest to the m local ones, unmasqueraded.
-func (f family) externalChain(nodePort bool, n int) string {
+func (f family) externalChain(nodePort bool, n pick) string {
 	if nodePort {
-		return fmt.Sprintf("external-nodeport-%s-%d", f.suffix, n)
+		return fmt.Sprintf("external-nodeport-%s-%s", f.suffix, n)
 	}
-	return fmt.Sprintf("external-%s-%d", f.suffix, n)
+	return fmt.Sprintf("external-%s-%s", f.suffix, n)
 }
 
-func (f family) externalLocalChain(nodePort bool, n, m int) string {
+func (f family) externalLocalChain(nodePort bool, n, m pick) string {
 	if nodePort {
-		return fmt.Sprintf("external-nodeport-local-%s-%d-%d", f.suffix, n, m)
+		return fmt.Sprintf("external-nodeport-local-%s-%s-%s", f.suffix, n, m)
 	}
-	return fmt.Sprintf("external-local-%s-%d-%d", f.suffix, n, m)
+	return fmt.Sprintf("external-local-%s-%s-%s", f.suffix, n, m)
 }
 
 // addrPort identifies an address, protocol and port.
@@ -326,7 +327,7 @@ func newFamilyBuild(fc *familyContext, wins func(claimKey) bool) *familyBuild {
 }
 
 // need records that an element points to a shared chain.
-func (fb *familyBuild) need(kind chainKind, n, m int) {
+func (fb *familyBuild) need(kind chainKind, n, m pick) {
 	if c := (chainNeed{kind, n, m}); !slices.Contains(fb.needs, c) {
 		fb.needs = append(fb.needs, c)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/nftproxy/nftproxy/nft"
 )
@@ -27,17 +28,57 @@ const (
 // chainNeed is one shared chain of a family.
 type chainNeed struct {
 	kind chainKind
-	n, m int
+	n, m pick
 }
 
 func (c chainNeed) compare(o chainNeed) int {
 	if c := cmp.Compare(c.kind, o.kind); c != 0 {
 		return c
 	}
-	if c := cmp.Compare(c.n, o.n); c != 0 {
+	if c := c.n.compare(o.n); c != 0 {
 		return c
 	}
-	return cmp.Compare(c.m, o.m)
+	return c.m.compare(o.m)
+}
+
+// pick is how a shared chain picks an endpoint among a service port's
+// slots: by `numgen random` over one slot per endpoint, or (maglev) by a
+// hash of the flow's source over a Maglev table of slots. The zero pick
+// has no slots: no endpoints.
+type pick struct {
+	slots  int
+	maglev bool
+}
+
+// String names the pick in chain names: the endpoint count for random, as
+// before Maglev existed, "maglev-M" for a Maglev table of M slots.
+func (p pick) String() string {
+	if p.maglev {
+		return fmt.Sprintf("maglev-%d", p.slots)
+	}
+	return strconv.Itoa(p.slots)
+}
+
+func (p pick) compare(o pick) int {
+	if c := cmp.Compare(btoi(p.maglev), btoi(o.maglev)); c != 0 {
+		return c
+	}
+	return cmp.Compare(p.slots, o.slots)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// field is the slot component of the lookup key.
+func (p pick) field(ipv6 bool, seed uint32) nft.Field {
+	if p.maglev {
+		return nft.JhashSource(ipv6, uint32(p.slots), seed)
+	}
+	return nft.NumgenRandom(uint32(p.slots))
 }
 
 // addFixedChains adds the chains every table has: dispatch, masquerading,
@@ -158,9 +199,9 @@ func (fc *familyContext) sharedChain(c chainNeed, masq nft.Expr) *nft.Chain {
 	f := fc.f
 	vip := []nft.Field{nft.Daddr(f.ipv6), nft.L4Proto, nft.THDport}
 	np := []nft.Field{nft.L4Proto, nft.THDport}
-	pick := func(name string, key []nft.Field, n int, m string) *nft.Chain {
+	pick := func(name string, key []nft.Field, n pick, m string) *nft.Chain {
 		ch := &nft.Chain{Name: name}
-		ch.AddRule(nft.DNATMap{IPv6: f.ipv6, Fields: append(slices.Clone(key), nft.NumgenRandom(uint32(n))), Map: m})
+		ch.AddRule(nft.DNATMap{IPv6: f.ipv6, Fields: append(slices.Clone(key), n.field(f.ipv6, fc.seed)), Map: m})
 		return ch
 	}
 	// Cluster policy: the endpoint may be on another node, so masquerade.
@@ -183,9 +224,9 @@ func (fc *familyContext) sharedChain(c chainNeed, masq nft.Expr) *nft.Chain {
 	case chainExternalNodePort:
 		return external(f.externalChain(true, c.n), f.lbNodePortChain(c.n))
 	case chainExternalLocal:
-		return fc.localExternalChain(f.externalLocalChain(false, c.n, c.m), f.lbChain(c.n), f.lbLocalChain(c.m), c.m > 0, masq)
+		return fc.localExternalChain(f.externalLocalChain(false, c.n, c.m), f.lbChain(c.n), f.lbLocalChain(c.m), c.m.slots > 0, masq)
 	case chainExternalNodePortLocal:
-		return fc.localExternalChain(f.externalLocalChain(true, c.n, c.m), f.lbNodePortChain(c.n), f.lbNodePortLocalChain(c.m), c.m > 0, masq)
+		return fc.localExternalChain(f.externalLocalChain(true, c.n, c.m), f.lbNodePortChain(c.n), f.lbNodePortLocalChain(c.m), c.m.slots > 0, masq)
 	}
 	panic(fmt.Sprintf("unknown chain kind %d", c.kind))
 }

@@ -63,6 +63,13 @@ type Config struct {
 	// ServiceProxyName: Services labelled service.kubernetes.io/service-proxy-name
 	// are proxied only when the label equals it.
 	ServiceProxyName string
+	// LBAlgorithm is how service ports pick an endpoint unless their
+	// Service's AnnotationLBAlgorithm says otherwise: LBRandom (also "")
+	// or LBMaglev (see lbalgorithm.go).
+	LBAlgorithm string
+	// MaglevSeed seeds the hash that picks a Maglev slot; it must be the
+	// same on every node. 0 is DefaultMaglevSeed.
+	MaglevSeed uint32
 	// MinSyncPeriod bounds how often the rules are synced; SyncPeriod is the
 	// interval of the full resync that checks the kernel for drift.
 	MinSyncPeriod, SyncPeriod time.Duration

@@ -19,9 +19,9 @@ import (
 // node.
 func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster, local []endpoint, hasEndpoints bool) {
 	comment := sp.String()
-	n, m := len(cluster), len(local)
-	hasInternal := hasEndpoints && (!sp.internalLocal || m > 0)
-	hasExternal := hasEndpoints && (!sp.externalLocal || m > 0)
+	n, m := sp.pick(len(cluster)), sp.pick(len(local))
+	hasInternal := hasEndpoints && (!sp.internalLocal || m.slots > 0)
+	hasExternal := hasEndpoints && (!sp.externalLocal || m.slots > 0)
 	noEndpoints := nft.Goto(chainReject)
 	if hasEndpoints {
 		noEndpoints = nft.Drop
@@ -39,20 +39,20 @@ func (fb *familyBuild) addServicePort(report reporter, sp *servicePort, cluster,
 		case sp.internalLocal && sp.affinity > 0:
 			a := fb.affinityFor(sp, cluster, local)
 			a.localVIP = true
-			fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local)
+			fb.affinityLocalEPs = appendAffinitySlots(fb.affinityLocalEPs, a, key, local, m)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceLocalChain(), comment))
 		case sp.internalLocal:
-			fb.need(chainLBLocal, m, 0)
-			fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local)
+			fb.need(chainLBLocal, m, pick{})
+			fb.serviceLocalEPs = appendSlots(fb.serviceLocalEPs, key, local, m)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbLocalChain(m), comment))
 		case sp.affinity > 0:
 			a := fb.affinityFor(sp, cluster, local)
 			a.vip = true
-			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster)
+			fb.affinityEPs = appendAffinitySlots(fb.affinityEPs, a, key, cluster, n)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, a.serviceChain(), comment))
 		default:
-			fb.need(chainLB, n, 0)
-			fb.serviceEndpoints = appendSlots(fb.serviceEndpoints, key, cluster)
+			fb.need(chainLB, n, pick{})
+			fb.serviceEndpoints = appendSlots(fb.serviceEndpoints, key, cluster, n)
 			fb.serviceIPs = append(fb.serviceIPs, vmapElement(key, fb.f.lbChain(n), comment))
 		}
 	}
@@ -119,28 +119,28 @@ func (fb *familyBuild) externalSets(nodePort bool) externalSets {
 // policy.
 func (fb *familyBuild) addExternal(sp *servicePort, key []nft.Datum, nodePort bool, cluster, local []endpoint, hasEndpoints, hasExternal bool, noEndpoints nft.Verdict) {
 	s := fb.externalSets(nodePort)
-	n, m := len(cluster), len(local)
+	n, m := sp.pick(len(cluster)), sp.pick(len(local))
 	switch {
 	case hasEndpoints && sp.affinity > 0:
 		a := fb.affinityFor(sp, cluster, local)
-		*s.affinitySlots = appendAffinitySlots(*s.affinitySlots, a, key, cluster)
-		if sp.externalLocal && m > 0 {
-			*s.affinityLocalSlots = appendAffinitySlots(*s.affinityLocalSlots, a, key, local)
+		*s.affinitySlots = appendAffinitySlots(*s.affinitySlots, a, key, cluster, n)
+		if sp.externalLocal && m.slots > 0 {
+			*s.affinityLocalSlots = appendAffinitySlots(*s.affinityLocalSlots, a, key, local, m)
 		}
-		*s.dispatch = append(*s.dispatch, vmapElement(key, a.externalTarget(nodePort, sp.externalLocal, m > 0), sp.String()))
+		*s.dispatch = append(*s.dispatch, vmapElement(key, a.externalTarget(nodePort, sp.externalLocal, m.slots > 0), sp.String()))
 	case hasEndpoints:
-		fb.need(s.lb, n, 0)
-		*s.slots = appendSlots(*s.slots, key, cluster)
+		fb.need(s.lb, n, pick{})
+		*s.slots = appendSlots(*s.slots, key, cluster, n)
 		target := fb.f.externalChain(nodePort, n)
 		if sp.externalLocal {
 			target = fb.f.externalLocalChain(nodePort, n, m)
 			fb.need(s.externalLocal, n, m)
-			if m > 0 {
-				fb.need(s.lbLocal, m, 0)
-				*s.localSlots = appendSlots(*s.localSlots, key, local)
+			if m.slots > 0 {
+				fb.need(s.lbLocal, m, pick{})
+				*s.localSlots = appendSlots(*s.localSlots, key, local, m)
 			}
 		} else {
-			fb.need(s.external, n, 0)
+			fb.need(s.external, n, pick{})
 		}
 		*s.dispatch = append(*s.dispatch, vmapElement(key, target, sp.String()))
 	}
@@ -176,15 +176,18 @@ func vmapElement(key []nft.Datum, chain, comment string) nft.Element {
 	return nft.Element{Key: key, Verdict: ptr.To(nft.Goto(chain)), Comment: comment}
 }
 
-// appendSlots adds one element per endpoint: key . slot → address . port.
-func appendSlots(elems []nft.Element, key []nft.Datum, eps []endpoint) []nft.Element {
+// appendSlots adds one element per slot of the pick: key . slot → address
+// . port of the slot's endpoint.
+func appendSlots(elems []nft.Element, key []nft.Datum, eps []endpoint, p pick) []nft.Element {
+	owners := slotOwners(eps, p)
 	// One allocation for all keys and one for all values: a table holds
-	// an element per endpoint.
+	// an element per slot.
 	k := len(key) + 1
-	keys := make([]nft.Datum, k*len(eps))
-	values := make([]nft.Datum, 2*len(eps))
-	elems = slices.Grow(elems, len(eps))
-	for i, ep := range eps {
+	keys := make([]nft.Datum, k*len(owners))
+	values := make([]nft.Datum, 2*len(owners))
+	elems = slices.Grow(elems, len(owners))
+	for i, o := range owners {
+		ep := eps[o]
 		ek := keys[i*k : (i+1)*k : (i+1)*k]
 		copy(ek, key)
 		ek[k-1] = nft.Int(uint32(i))

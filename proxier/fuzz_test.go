@@ -51,6 +51,9 @@ func randomState(seed uint64) State {
 		if r.IntN(3) == 0 {
 			svc.Spec.SessionAffinity = v1.ServiceAffinityClientIP
 		}
+		if r.IntN(3) == 0 {
+			svc.Annotations = map[string]string{AnnotationLBAlgorithm: pick(LBMaglev, LBMaglev, LBRandom, "bogus")}
+		}
 		st.Services = append(st.Services, svc)
 		for k := range r.IntN(3) {
 			s := makeSlice("ns", name, fmt.Sprintf("%s-%d", name, k), int32(r.IntN(70000)-1))

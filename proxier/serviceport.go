@@ -45,6 +45,10 @@ type servicePort struct {
 	// load balancer ingress IPs among external.
 	sourceRanges []netip.Prefix
 	lbIPs        []netip.Addr
+	// maglev: the port picks its endpoints by Maglev, not at random, from
+	// a table of maglevSize slots (0: sized from the endpoint count).
+	maglev     bool
+	maglevSize int
 }
 
 // annotationSourceRanges is the older way to give loadBalancerSourceRanges,
@@ -162,6 +166,10 @@ func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*se
 		}
 	}
 	ranges := sourceRanges(report, svc, ipv6)
+	useMaglev, maglevSize := usesMaglev(report, cfg, svc), 0
+	if useMaglev {
+		maglevSize = maglevTableSize(report, svc)
+	}
 	var out []*servicePort
 	names := map[string]bool{}
 	for _, p := range svc.Spec.Ports {
@@ -181,12 +189,14 @@ func servicePorts(report reporter, cfg Config, svc *v1.Service, ipv6 bool) []*se
 			continue
 		}
 		sp := &servicePort{
-			service:   types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
-			portName:  p.Name,
-			proto:     proto,
-			port:      uint16(p.Port),
-			clusterIP: clusterIP,
-			external:  external,
+			service:    types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
+			portName:   p.Name,
+			proto:      proto,
+			port:       uint16(p.Port),
+			clusterIP:  clusterIP,
+			external:   external,
+			maglev:     useMaglev,
+			maglevSize: maglevSize,
 		}
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			sp.nodePort = uint16(p.NodePort)

@@ -40,7 +40,7 @@ func only(m map[string]string, keys ...string) map[string]string {
 
 func transformService(obj any) (any, error) {
 	if s, ok := obj.(*v1.Service); ok {
-		stripMeta(&s.ObjectMeta, []string{labelServiceProxyName}, annotationSourceRanges)
+		stripMeta(&s.ObjectMeta, []string{labelServiceProxyName}, annotationSourceRanges, AnnotationLBAlgorithm, AnnotationMaglevTableSize)
 		s.Spec.Selector = nil
 		s.Status.Conditions = nil
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 
@@ -36,6 +37,8 @@ type ruleFlags struct {
 	masqueradeAll     bool
 	lbRangesNodePorts bool
 	serviceCounters   bool
+	lbAlgorithm       string
+	maglevSeed        uint
 	masqueradeBit     int
 	serviceProxyName  string
 	detectLocalMode   string
@@ -58,6 +61,8 @@ func addRuleFlags(fs *flag.FlagSet) *ruleFlags {
 	fs.StringVar(&rf.podBridge, "pod-bridge-interface", "", "the pods' bridge, for --detect-local-mode=BridgeInterface")
 	fs.StringVar(&rf.podIfacePrefix, "pod-interface-name-prefix", "", "the prefix of pod interfaces' names, for --detect-local-mode=InterfaceNamePrefix")
 	fs.BoolVar(&rf.serviceCounters, "service-counters", false, "count connections, packets and bytes of each service port in nftables counters (nftproxy_service_*_total metrics, nftproxy top)")
+	fs.StringVar(&rf.lbAlgorithm, "lb-algorithm", proxier.LBRandom, `how service ports pick an endpoint unless their Service's annotation `+proxier.AnnotationLBAlgorithm+` says otherwise: "random" (kube-proxy's) or "maglev" (consistent hashing: every node sends a flow to the same endpoint)`)
+	fs.UintVar(&rf.maglevSeed, "maglev-seed", uint(proxier.DefaultMaglevSeed), "seed of the hash that picks a Maglev slot; give every node the same (1..4294967295)")
 	fs.StringVar(&rf.serviceProxyName, "service-proxy-name", "", "proxy only Services labelled service.kubernetes.io/service-proxy-name with this value (unlabelled ones when empty)")
 	return rf
 }
@@ -69,6 +74,15 @@ func (rf *ruleFlags) config(nodeName string) (proxier.Config, error) {
 	cfg.MasqueradeAll = rf.masqueradeAll
 	cfg.LBSourceRangesForNodePorts = rf.lbRangesNodePorts
 	cfg.ServiceCounters = rf.serviceCounters
+	if !proxier.ValidLBAlgorithm(rf.lbAlgorithm) {
+		return cfg, fmt.Errorf("--lb-algorithm %q: want %q or %q", rf.lbAlgorithm, proxier.LBRandom, proxier.LBMaglev)
+	}
+	cfg.LBAlgorithm = rf.lbAlgorithm
+	if rf.maglevSeed == 0 || rf.maglevSeed > math.MaxUint32 {
+		// 0 would let the kernel draw a seed per rule, and per node.
+		return cfg, fmt.Errorf("--maglev-seed %d: want 1..%d", rf.maglevSeed, uint32(math.MaxUint32))
+	}
+	cfg.MaglevSeed = uint32(rf.maglevSeed)
 	cfg.MasqueradeBit = rf.masqueradeBit
 	cfg.ServiceProxyName = rf.serviceProxyName
 	cfg.DetectLocalMode, cfg.PodBridgeInterface, cfg.PodInterfaceNamePrefix = rf.detectLocalMode, rf.podBridge, rf.podIfacePrefix

@@ -17,23 +17,35 @@ import (
 	"slices"
 )
 
-// Sizes are the table sizes Size picks from: primes, each about twice the
-// one before.
+// Sizes returns the table sizes Size picks from, which are also the sizes
+// a Service may ask for: primes, each about twice the one before.
+func Sizes() []int { return slices.Clone(sizes) }
+
 var sizes = []int{251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521}
 
 // SlotsPerEndpoint is the fewest slots per endpoint Size allows. Maglev's
 // extra disruption (slots of other endpoints that move when one endpoint
 // goes or comes) falls as slots per endpoint grow, while a table's cost,
-// one kernel map element per slot, grows with them. Measured by
-// TestDisruption over 40 endpoint sets: a removal moves on average 1.7 %
-// of the other endpoints' slots with 3 endpoints (M 251), 6 % with 10
-// (M 251, the worst case of this bound: 12 %) and 3.5 % with 50 (M 2039).
-// Below 2 % needs several hundred slots per endpoint.
-const SlotsPerEndpoint = 25
+// one kernel map element per slot and service address, grows with them.
+// Measured over 40 endpoint sets (TestDisruption; mean and worst share of
+// the other endpoints' slots a removal moves):
+//
+//	n    M=251        1021         4093         16381
+//	3    1.7 / 4.8 %  0.7 / 3.8 %  0.3 / 1.6 %  0.1 / 0.4 %
+//	10   6.0 / 12 %   2.7 / 3.8 %  1.2 / 1.6 %  0.6 / 1.0 %
+//	50   -            5.2 / 7.0 %  2.4 / 2.8 %  1.1 / 1.3 %
+//
+// Under 2 % at worst needs about 400 slots per endpoint: 4 million kernel
+// elements for 10,000 services of 10 endpoints. Size keeps tables small;
+// a Service that needs less disruption asks for a larger table.
+//
+// A table of another size sends most flows elsewhere, so Size steps
+// rarely: 20 slots per endpoint keeps 1 to 12 endpoints at 251 slots, 13
+// to 25 at 509, 26 to 51 at 1021, and so on.
+const SlotsPerEndpoint = 20
 
-// Size returns the table size for n endpoints: the smallest of a fixed
-// list of primes (251, 509, 1021, ... 65521) with at least
-// SlotsPerEndpoint slots per endpoint, or the largest.
+// Size returns the table size for n endpoints: the smallest of Sizes with
+// at least SlotsPerEndpoint slots per endpoint, or the largest.
 func Size(n int) int {
 	for _, m := range sizes {
 		if m >= SlotsPerEndpoint*n {
