@@ -107,53 +107,74 @@ func (k *countingKernel) Apply(ctx context.Context, p *nft.Plan) error {
 // BenchmarkKernelOneEndpointUpdate is a one-endpoint EndpointSlice update
 // among 10,000 services of 10 endpoints, applied to a kernel: the sync
 // time a daemon reports. It alternates between adding and removing the
-// endpoint (after the first, the 11-endpoint chain stays, idle).
+// endpoint (after the first, with random, the 11-endpoint chain stays,
+// idle; with Maglev the table keeps its 251 slots and the slots whose
+// owner changed are rewritten). Every service uses the algorithm of the
+// sub-benchmark.
 // go test ./proxier -run '^$' -bench KernelOneEndpoint
 func BenchmarkKernelOneEndpointUpdate(b *testing.B) {
-	testnet.RequireRoot(b)
-	ns := testnet.NewNS(b, "bench")
-	cfg := testConfig()
-	cfg.MinSyncPeriod = 0
-	p, err := New(cfg, nft.NewKernel(nft.WithNetNS(ns.Fd())))
-	if err != nil {
-		b.Fatal(err)
-	}
-	st := benchState(10000, 10)
-	recordState(p, st)
-	ctx := b.Context()
-	if err := p.Sync(ctx); err != nil {
-		b.Fatal(err)
-	}
-	update := endpointToggle(b, ctx, p, st.EndpointSlices[5000])
-	for b.Loop() {
-		update()
+	forAlgorithms(b, func(b *testing.B, cfg Config) {
+		testnet.RequireRoot(b)
+		ns := testnet.NewNS(b, "bench")
+		cfg.MinSyncPeriod = 0
+		p, err := New(cfg, nft.NewKernel(nft.WithNetNS(ns.Fd())))
+		if err != nil {
+			b.Fatal(err)
+		}
+		st := benchState(10000, 10)
+		recordState(p, st)
+		ctx := b.Context()
+		if err := p.Sync(ctx); err != nil {
+			b.Fatal(err)
+		}
+		update := endpointToggle(b, ctx, p, st.EndpointSlices[5000])
+		for b.Loop() {
+			update()
+		}
+	})
+}
+
+// forAlgorithms runs a benchmark with every service on random, then on
+// Maglev.
+func forAlgorithms(b *testing.B, run func(b *testing.B, cfg Config)) {
+	for _, alg := range []string{LBRandom, LBMaglev} {
+		b.Run(alg, func(b *testing.B) {
+			cfg := testConfig()
+			cfg.LBAlgorithm = alg
+			run(b, cfg)
+		})
 	}
 }
 
 // BenchmarkKernelColdSync is the first sync of 10,000 services of 10
 // endpoints into an empty kernel table: build, assemble and one
-// transaction.
+// transaction. It reports the table's elements.
 // go test ./proxier -run '^$' -bench KernelColdSync
 func BenchmarkKernelColdSync(b *testing.B) {
-	testnet.RequireRoot(b)
-	ns := testnet.NewNS(b, "bench")
-	st := benchState(10000, 10)
-	for b.Loop() {
-		b.StopTimer()
-		kernel := nft.NewKernel(nft.WithNetNS(ns.Fd()))
-		if err := kernel.Delete(b.Context(), nft.FamilyINet, TableName); err != nil {
-			b.Fatal(err)
+	forAlgorithms(b, func(b *testing.B, cfg Config) {
+		testnet.RequireRoot(b)
+		ns := testnet.NewNS(b, "bench")
+		st := benchState(10000, 10)
+		var elements int
+		for b.Loop() {
+			b.StopTimer()
+			kernel := nft.NewKernel(nft.WithNetNS(ns.Fd()))
+			if err := kernel.Delete(b.Context(), nft.FamilyINet, TableName); err != nil {
+				b.Fatal(err)
+			}
+			p, err := New(cfg, kernel)
+			if err != nil {
+				b.Fatal(err)
+			}
+			recordState(p, st)
+			b.StartTimer()
+			if err := p.Sync(b.Context()); err != nil {
+				b.Fatal(err)
+			}
+			elements = p.state.objectCounts().Elements
 		}
-		p, err := New(testConfig(), kernel)
-		if err != nil {
-			b.Fatal(err)
-		}
-		recordState(p, st)
-		b.StartTimer()
-		if err := p.Sync(b.Context()); err != nil {
-			b.Fatal(err)
-		}
-	}
+		b.ReportMetric(float64(elements), "elements")
+	})
 }
 
 // BenchmarkWatchColdStart is the daemon's cold start at 10,000 services of
