@@ -56,6 +56,9 @@ type Packet struct {
 }
 
 func (p Packet) String() string {
+	if p.Sport != 0 {
+		return fmt.Sprintf("%s %s -> %s", Proto(p.Proto), netip.AddrPortFrom(p.Src, p.Sport), netip.AddrPortFrom(p.Dst, p.Dport))
+	}
 	return fmt.Sprintf("%s %s -> %s", Proto(p.Proto), p.Src, netip.AddrPortFrom(p.Dst, p.Dport))
 }
 

@@ -39,6 +39,7 @@ func traceFlags(fs *flag.FlagSet, out io.Writer) func(context.Context, *daemons,
 	src := fs.String("src", "", "the packet's source address")
 	dst := fs.String("dst", "", "the packet's destination address")
 	dport := fs.Uint("dport", 0, "the packet's destination port")
+	sport := fs.Uint("sport", 0, "the packet's source port: a Maglev service picks its endpoint from it (default: any)")
 	proto := fs.String("proto", "tcp", "tcp, udp or sctp")
 	from := fs.String("from", "", `"network" (from a pod or another host) or "host" (from a process of the node); default: host if --src is one of the node's addresses`)
 	iif := fs.String("iif", "eth0", "the interface a packet from the network comes in by")
@@ -51,6 +52,9 @@ func traceFlags(fs *flag.FlagSet, out io.Writer) func(context.Context, *daemons,
 			"proto": {*proto}, "iif": {*iif}}
 		if *from != "" {
 			q.Set("from", *from)
+		}
+		if *sport != 0 {
+			q.Set("sport", strconv.FormatUint(uint64(*sport), 10))
 		}
 		if *paths {
 			q.Set("paths", "true")

@@ -36,7 +36,7 @@ type objectSource interface {
 //	              them (before the first sync: built from its objects)
 //	/debug/diff   what the kernel holds that differs from them (`diff`)
 //	/debug/trace  what the kernel's rules do with a packet (`trace`):
-//	              ?src=&dst=&dport=[&proto=tcp][&from=host|network][&iif=eth0]
+//	              ?src=&dst=&dport=[&sport=][&proto=tcp][&from=host|network][&iif=eth0]
 //	/debug/counters  the service counters (`top`, one frame): totals, or
 //	              with ?interval=2s the rates over that time;
 //	              [&sort=bytes|packets|connections][&limit=30]
@@ -90,7 +90,11 @@ func addDebugHandlers(mux interface{ Handle(string, http.Handler) }, src objectS
 		if err != nil {
 			return badRequest{fmt.Errorf("dport %q: %w", q.Get("dport"), err)}
 		}
-		p, err := parsePacket(q.Get("src"), q.Get("dst"), uint(dport), cmp.Or(q.Get("proto"), "tcp"))
+		sport, err := strconv.ParseUint(cmp.Or(q.Get("sport"), "0"), 10, 16)
+		if err != nil {
+			return badRequest{fmt.Errorf("sport %q: %w", q.Get("sport"), err)}
+		}
+		p, err := parsePacket(q.Get("src"), q.Get("dst"), uint(dport), uint(sport), cmp.Or(q.Get("proto"), "tcp"))
 		if err != nil {
 			return badRequest{err}
 		}

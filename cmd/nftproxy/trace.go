@@ -26,6 +26,7 @@ func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	src := fs.String("src", "", "the packet's source address (required)")
 	dst := fs.String("dst", "", "the packet's destination address (required)")
 	dport := fs.Uint("dport", 0, "the destination port (required)")
+	sport := fs.Uint("sport", 0, "the source port: a Maglev service's hash of the source picks the slot and endpoint from it (default: any port, every slot)")
 	proto := fs.String("proto", "tcp", "the protocol: tcp, udp or sctp")
 	from := fs.String("from", "", `"network" (from a pod or another host) or "host" (from a process of this node); default: host if --src is a local address`)
 	iif := fs.String("iif", "eth0", "the interface a packet from the network arrives on (it matters with --detect-local-mode BridgeInterface or InterfaceNamePrefix)")
@@ -35,7 +36,7 @@ func traceFlags(fs *flag.FlagSet) func(ctx context.Context) error {
 	allPaths := fs.Bool("paths", false, "print the rules each outcome matched, not only the first outcome's")
 	live := addLiveFlags(fs)
 	return func(ctx context.Context) error {
-		p, err := parsePacket(*src, *dst, *dport, *proto)
+		p, err := parsePacket(*src, *dst, *dport, *sport, *proto)
 		if err != nil {
 			return err
 		}
@@ -118,7 +119,7 @@ func tracePacket(ctx context.Context, want *wanted, k *nft.Kernel, p nft.Packet,
 	return traced{packet: p, table: tbl, outcomes: outs, warnings: warnings}, nil
 }
 
-func parsePacket(src, dst string, dport uint, proto string) (nft.Packet, error) {
+func parsePacket(src, dst string, dport, sport uint, proto string) (nft.Packet, error) {
 	var p nft.Packet
 	var err error
 	if p.Src, err = netip.ParseAddr(src); err != nil {
@@ -134,6 +135,10 @@ func parsePacket(src, dst string, dport uint, proto string) (nft.Packet, error) 
 		return p, fmt.Errorf("--dport %d: want 1..65535", dport)
 	}
 	p.Dport = uint16(dport)
+	if sport > 65535 {
+		return p, fmt.Errorf("--sport %d: want 0..65535", sport)
+	}
+	p.Sport = uint16(sport)
 	switch strings.ToLower(proto) {
 	case "tcp":
 		p.Proto = nft.ProtoTCP

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier"
 )
 
 // buildFromArgs builds the wanted table as `nftproxy trace ARGS` would.
@@ -370,5 +372,45 @@ func TestTraceMatchesTraffic(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "unknown: the kernel's chain drifted has a rule nftproxy cannot read back") ||
 		!strings.Contains(r.stdout+r.stderr, "chain drifted is only in the kernel") {
 		t.Errorf("trace --kernel into a chain only the kernel has: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+}
+
+// TestTraceMaglevSlot: with a source port, trace follows the slot the
+// kernel's hash picks, and says which; without one, every slot, each
+// endpoint weighted by its share of the table.
+func TestTraceMaglevSlot(t *testing.T) {
+	want := buildFromArgs(t, append(slices.Clone(examplesArgs), "--lb-algorithm", "maglev")...)
+	src := netip.MustParseAddrPort("10.244.9.9:40000")
+	p := nft.Packet{Iifname: "eth0", Src: src.Addr(), Sport: src.Port(), Dst: netip.MustParseAddr("10.96.0.10"), Proto: nft.ProtoTCP, Dport: 80}
+	tr, err := tracePacket(context.Background(), want, nil, p, traceOrigin{from: "network", iif: "eth0", offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tr.outcomes) != 1 {
+		t.Fatalf("with a source port: %d outcomes, want 1: %q", len(tr.outcomes), describe(p, tr.outcomes))
+	}
+	slot := nft.SourceSlot(src, 251, proxier.DefaultMaglevSeed)
+	var out strings.Builder
+	if err := writeTrace(&out, tr.packet, tr.outcomes, nil, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), fmt.Sprintf("slot %d of 251: 10.96.0.10 . tcp . 80 . %d : ", slot, slot)) {
+		t.Errorf("trace does not name slot %d:\n%s", slot, out.String())
+	}
+
+	p.Sport = 0
+	tr, err = tracePacket(context.Background(), want, nil, p, traceOrigin{from: "network", iif: "eth0", offline: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, o := range tr.outcomes {
+		total += o.Probability
+		if share := o.Probability * 251; math.Abs(share-math.Round(share)) > 1e-6 {
+			t.Errorf("outcome %s: probability %.4f is not a whole number of 251 slots", describeOutcome(p, o), o.Probability)
+		}
+	}
+	if len(tr.outcomes) < 2 || math.Abs(total-1) > 1e-9 {
+		t.Errorf("without a source port: %d outcomes of total probability %f, want every endpoint", len(tr.outcomes), total)
 	}
 }
