@@ -306,7 +306,7 @@ func (p *Plan) String() string {
 			fmt.Fprintf(&b, "add %s %s %s { %s; ", setKind(o.set), obj, o.set.Name, setTypeDecl(o.set))
 			var tmp strings.Builder
 			renderSet(&tmp, &Set{Name: o.set.Name, Key: o.set.Key, Value: o.set.Value, Verdict: o.set.Verdict, ObjectType: o.set.ObjectType,
-				Interval: o.set.Interval, Timeout: o.set.Timeout, Dynamic: o.set.Dynamic, Comment: o.set.Comment})
+				Interval: o.set.Interval, Timeout: o.set.Timeout, Dynamic: o.set.Dynamic, Comment: o.set.Comment}, nil)
 			for _, line := range strings.Split(tmp.String(), "\n")[2:] {
 				if line = strings.TrimSpace(line); line != "" && line != "}" {
 					b.WriteString(line + "; ")

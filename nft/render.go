@@ -1,7 +1,9 @@
 package nft
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -22,9 +24,10 @@ func Render(t *Table) string {
 		sep(i == 0)
 		renderCounter(&b, c)
 	}
+	names := elementNames(t)
 	for i, s := range t.Sets {
 		sep(i == 0 && len(t.Counters) == 0)
-		renderSet(&b, s)
+		renderSet(&b, s, names)
 	}
 	for i, c := range t.Chains {
 		sep(i == 0 && len(t.Counters) == 0 && len(t.Sets) == 0)
@@ -40,7 +43,7 @@ func RenderReplace(t *Table) string {
 	return fmt.Sprintf("add table %s %s\ndelete table %s %s\n", t.Family, t.Name, t.Family, t.Name) + Render(t)
 }
 
-func renderSet(b *strings.Builder, s *Set) {
+func renderSet(b *strings.Builder, s *Set, names map[string]string) {
 	kind := "set"
 	if s.IsMap() {
 		kind = "map"
@@ -67,14 +70,7 @@ func renderSet(b *strings.Builder, s *Set) {
 		fmt.Fprintf(b, "\t\tcomment %q\n", s.Comment)
 	}
 	if len(s.Elements) > 0 && !s.Dynamic {
-		b.WriteString("\t\telements = { ")
-		for i, e := range s.Elements {
-			if i > 0 {
-				b.WriteString(",\n\t\t\t     ")
-			}
-			b.WriteString(e.render())
-		}
-		b.WriteString(" }\n")
+		renderElements(b, s, names)
 	}
 	b.WriteString("\t}\n")
 }
@@ -173,3 +169,122 @@ func priorityName(b *BaseChain) string {
 
 // String renders the element as in an nft elements list.
 func (e Element) String() string { return e.render() }
+
+// A slot table, the elements of a map whose keys differ only in a last
+// slot component (a Maglev table of hundreds of slots), is written grouped
+// by what its slots map to, each group under a comment, several elements
+// to a line, once it has slotTableMin elements; shorter ones (random's one
+// slot per endpoint) one element per line like the rest.
+const (
+	slotTableMin = 32
+	slotsPerLine = 6
+)
+
+// elementNames maps the key of every element with a comment to the
+// comment: the dispatch element of a service address names the slot table
+// with the same key.
+func elementNames(t *Table) map[string]string {
+	names := map[string]string{}
+	for _, s := range t.Sets {
+		for _, e := range s.Elements {
+			if e.Comment != "" {
+				names[string(concatBytes(e.Key))] = e.Comment
+			}
+		}
+	}
+	return names
+}
+
+func renderElements(b *strings.Builder, s *Set, names map[string]string) {
+	// lines are element lists and comments ("# ..."), in order.
+	var lines [][]string
+	tables := map[string][]int{} // slot tables by key prefix
+	if k := len(s.Key); k > 1 && s.Key[k-1].IsSlot() {
+		for i, e := range s.Elements {
+			if len(e.Key) == k {
+				prefix := string(concatBytes(e.Key[:k-1]))
+				tables[prefix] = append(tables[prefix], i)
+			}
+		}
+	}
+	for i, e := range s.Elements {
+		if len(e.Key) < 2 {
+			lines = append(lines, []string{e.render()})
+			continue
+		}
+		prefix := string(concatBytes(e.Key[:len(e.Key)-1]))
+		members := tables[prefix]
+		switch {
+		case len(members) < slotTableMin:
+			lines = append(lines, []string{e.render()})
+		case members[0] == i:
+			lines = append(lines, slotTableLines(s, members, names[prefix])...)
+		}
+	}
+	b.WriteString("\t\telements = { ")
+	remaining := len(s.Elements)
+	for i, l := range lines {
+		if i > 0 {
+			b.WriteString("\n\t\t\t     ")
+		}
+		if strings.HasPrefix(l[0], "#") {
+			b.WriteString(l[0])
+			continue
+		}
+		b.WriteString(strings.Join(l, ", "))
+		if remaining -= len(l); remaining > 0 {
+			b.WriteString(",")
+		}
+	}
+	b.WriteString(" }\n")
+}
+
+// slotTableLines writes one slot table: a comment naming it, then, for
+// each target in the order of its first slot, a comment and its elements
+// by slot.
+func slotTableLines(s *Set, members []int, name string) [][]string {
+	first := s.Elements[members[0]]
+	key := joinData(first.Key[:len(first.Key)-1])
+	if name != "" {
+		key = name + ": " + key
+	}
+	lines := [][]string{{fmt.Sprintf("# %s: %d slots", key, len(members))}}
+	var targets []string
+	byTarget := map[string][]Element{}
+	for _, i := range members {
+		e := s.Elements[i]
+		t := e.target()
+		if _, ok := byTarget[t]; !ok {
+			targets = append(targets, t)
+		}
+		byTarget[t] = append(byTarget[t], e)
+	}
+	for _, t := range targets {
+		elems := byTarget[t]
+		slices.SortFunc(elems, func(a, b Element) int { return cmp.Compare(a.Key[len(a.Key)-1].num, b.Key[len(b.Key)-1].num) })
+		lines = append(lines, []string{fmt.Sprintf("#   %s: %d slots", t, len(elems))})
+		for len(elems) > 0 {
+			n := min(slotsPerLine, len(elems))
+			line := make([]string, n)
+			for j, e := range elems[:n] {
+				line[j] = e.render()
+			}
+			lines = append(lines, line)
+			elems = elems[n:]
+		}
+	}
+	return lines
+}
+
+// target is what an element maps to, as rendered: data, verdict or object.
+func (e Element) target() string {
+	switch {
+	case e.Verdict != nil:
+		return e.Verdict.String()
+	case e.Value != nil:
+		return joinData(e.Value)
+	case e.Object != "":
+		return fmt.Sprintf("%q", e.Object)
+	}
+	return ""
+}

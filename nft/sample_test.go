@@ -69,6 +69,14 @@ func sampleTable(services int) *Table {
 		}
 	}
 	np.AddElement(Element{Key: []Datum{Proto(ProtoUDP), Port(30053)}, Verdict: ptr(Goto("reject-chain"))})
+	// A Maglev table: 251 slots over three endpoints.
+	mg := netip.MustParseAddr("10.96.200.1")
+	t.AddSet(&Set{Name: "maglev-ips", Key: []Field{IPv4Daddr, L4Proto, THDport}, Verdict: true,
+		Elements: []Element{{Key: []Datum{Addr(mg), Proto(ProtoTCP), Port(80)}, Verdict: ptr(Goto("maglev-251")), Comment: "ns/maglev:http"}}})
+	for s := range uint32(251) {
+		ep := netip.AddrFrom4([4]byte{10, 244, 200, byte(s*7%3 + 1)})
+		eps.AddElement(Element{Key: []Datum{Addr(mg), Proto(ProtoTCP), Port(80), Int(s)}, Value: []Datum{Addr(ep), Port(8080)}})
+	}
 	return t
 }
 
