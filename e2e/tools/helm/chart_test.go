@@ -183,7 +183,18 @@ func TestChartMatchesManifests(t *testing.T) {
 	if counters(gc.Args) != counters(margs) {
 		t.Errorf("--service-counters: the chart's arguments %v, the manifests' %v", gc.Args, margs)
 	}
-	fromManifests := writeConfig(t, slicesWithout(margs, "--service-counters=false", "--service-counters=true"))
+	algorithm := func(args []string) string {
+		for _, a := range args {
+			if v, ok := strings.CutPrefix(a, "--lb-algorithm="); ok {
+				return v
+			}
+		}
+		return "random"
+	}
+	if algorithm(gc.Args) != algorithm(margs) {
+		t.Errorf("--lb-algorithm: the chart's arguments %v, the manifests' %v", gc.Args, margs)
+	}
+	fromManifests := writeConfig(t, slicesWithout(margs, "--service-counters=false", "--service-counters=true", "--lb-algorithm=random", "--lb-algorithm=maglev"))
 	if fromChart != fromManifests {
 		t.Errorf("the chart's configuration differs from the manifests':\nchart:\n%s\nmanifests:\n%s", fromChart, fromManifests)
 	}
@@ -285,6 +296,7 @@ config:
   clusterCIDR: 10.244.0.0/16
   conntrack: {tcpBeLiberal: true}
 serviceCounters: true
+lbAlgorithm: maglev
 extraArgs: [--kube-api-qps=20]
 conntrackInit: {enabled: true}
 serviceMonitor: {enabled: true, labels: {release: prom}}
@@ -319,7 +331,7 @@ dashboard: {enabled: true}
 	if c.Image != "registry.example/nftproxy:v9.9.9" {
 		t.Errorf("image %q", c.Image)
 	}
-	for _, a := range []string{"--service-counters", "--kube-api-qps=20"} {
+	for _, a := range []string{"--service-counters", "--lb-algorithm=maglev", "--kube-api-qps=20"} {
 		if !contains(c.Args, a) {
 			t.Errorf("args %v lack %s", c.Args, a)
 		}
