@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -105,7 +106,7 @@ func main() {
 	flag.Float64Var(&set.streamRate, "stream-rate", 20, "EndpointSlice updates per second in the stream")
 	flag.IntVar(&set.connects, "connects", 2000, "timed TCP connects through a ClusterIP per proxy, with few Services and with all (0: no data-plane figure)")
 	bin := flag.String("nftproxy", "", "nftproxy binary to run (default: build the committed HEAD)")
-	only := flag.String("proxies", "nftproxy,kube-proxy", "proxies to run, in order")
+	only := flag.String("proxies", "nftproxy,kube-proxy", `proxies to run, in order: nftproxy, kube-proxy, and nftproxy-maglev (nftproxy with every Service on Maglev, "--lb-algorithm=maglev")`)
 	flag.Var(&set.extraArgs, "nftproxy-arg", "one more argument for nftproxy, e.g. --min-sync-period=100ms (repeatable; the figures then are not at defaults)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -152,7 +153,7 @@ func run(ctx context.Context, sizeList string, set settings, bin, only string) (
 	if err != nil {
 		return err
 	}
-	bins := map[string]string{"nftproxy": bin, "kube-proxy": kpBin}
+	bins := map[string]string{"nftproxy": bin, nftproxyMaglev: bin, "kube-proxy": kpBin}
 	var proxies []string
 	for p := range strings.SplitSeq(only, ",") {
 		if bins[p] == "" {
@@ -233,8 +234,11 @@ func benchSize(ctx context.Context, paths harness.Paths, benchDir string, sz siz
 	opts := benchOptions{services: sz.services, endpoints: sz.endpoints, updates: set.updates, logDir: runDir,
 		stream: set.stream, streamRate: set.streamRate, connects: set.connects}
 	pxOf := func(name string, o benchOptions) proxy {
-		if name == "nftproxy" {
-			return nftproxy{services: o.services + o.extra, extraArgs: set.extraArgs}
+		switch name {
+		case "nftproxy":
+			return nftproxy{label: name, services: o.services + o.extra, extraArgs: set.extraArgs}
+		case nftproxyMaglev:
+			return nftproxy{label: name, services: o.services + o.extra, extraArgs: append(slices.Clone(set.extraArgs), "--lb-algorithm=maglev")}
 		}
 		return kubeProxy{}
 	}

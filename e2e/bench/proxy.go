@@ -218,11 +218,16 @@ func poll(ctx context.Context, p *harness.Process, interval, timeout time.Durati
 // last-sync timestamp has whole seconds only. Its network programming
 // latency comes from its metrics (127.0.0.1:10249, the default) when served.
 type nftproxy struct {
+	label     string // "nftproxy", or nftproxyMaglev
 	services  int
 	extraArgs []string
 }
 
-func (nftproxy) name() string { return "nftproxy" }
+// nftproxyMaglev is nftproxy with every Service on Maglev, the cost of
+// consistent hashing against random in the same run.
+const nftproxyMaglev = "nftproxy-maglev"
+
+func (n nftproxy) name() string { return n.label }
 
 func (n nftproxy) args(bin, kubeconfig string) []string {
 	return append([]string{bin, "run", "--kubeconfig", kubeconfig, "--hostname-override", nodeName,

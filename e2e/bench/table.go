@@ -158,11 +158,16 @@ func table(reps []report) string {
 		}
 		nft, okN := byName["nftproxy"]
 		kp, okK := byName["kube-proxy"]
+		mg, okM := byName[nftproxyMaglev]
 		fmt.Fprintf(&b, "### %s (services × endpoints), %s, load %s → %s\n\n", rep.Size, rep.Date.Format("2006-01-02 15:04Z"), rep.LoadBefore, rep.LoadAfter)
 		if len(rep.NftproxyArgs) > 0 {
 			fmt.Fprintf(&b, "nftproxy ran with `%s` added to its arguments.\n\n", strings.Join(rep.NftproxyArgs, " "))
 		}
-		fmt.Fprintf(&b, "| figure | nftproxy | kube-proxy | nftproxy ÷ kube-proxy |\n|---|---:|---:|---:|\n")
+		if okM {
+			fmt.Fprintf(&b, "| figure | nftproxy | nftproxy, all Maglev | kube-proxy | nftproxy ÷ kube-proxy | Maglev ÷ kube-proxy | Maglev ÷ nftproxy |\n|---|---:|---:|---:|---:|---:|---:|\n")
+		} else {
+			fmt.Fprintf(&b, "| figure | nftproxy | kube-proxy | nftproxy ÷ kube-proxy |\n|---|---:|---:|---:|\n")
+		}
 		for _, rw := range rowsFor(rep) {
 			cell := func(r result, ok bool) (string, float64) {
 				if !ok {
@@ -179,11 +184,18 @@ func table(reps []report) string {
 			}
 			a, va := cell(nft, okN)
 			c, vc := cell(kp, okK)
-			ratio := "–"
-			if va >= 0 && vc > 0 && !rw.noRatio {
-				ratio = fmt.Sprintf("%.3g×", va/vc)
+			ratio := func(x, y float64) string {
+				if x >= 0 && y > 0 && !rw.noRatio {
+					return fmt.Sprintf("%.3g×", x/y)
+				}
+				return "–"
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", rw.name, a, c, ratio)
+			if okM {
+				m, vm := cell(mg, okM)
+				fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", rw.name, a, m, c, ratio(va, vc), ratio(vm, vc), ratio(vm, va))
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", rw.name, a, c, ratio(va, vc))
 		}
 		b.WriteString("\n")
 	}

@@ -68,3 +68,17 @@ func TestTableFlatnessRelativeToDirect(t *testing.T) {
 		}
 	}
 }
+
+// TestTableWithMaglev: with nftproxy-maglev in the run, its column and its
+// ratios to kube-proxy and to nftproxy (random) join the table.
+func TestTableWithMaglev(t *testing.T) {
+	got := table([]report{{Size: "10x1", Results: []result{{Proxy: "nftproxy", Cold: 1}, {Proxy: nftproxyMaglev, Cold: 3}, {Proxy: "kube-proxy", Cold: 10}}}})
+	for _, want := range []string{
+		"| figure | nftproxy | nftproxy, all Maglev | kube-proxy | nftproxy ÷ kube-proxy | Maglev ÷ kube-proxy | Maglev ÷ nftproxy |",
+		"| cold start: process start → all rules applied | 1.00 s | 3.00 s | 10.0 s | 0.1× | 0.3× | 3× |",
+	} {
+		if !strings.Contains(got, want+"\n") {
+			t.Errorf("table lacks %q:\n%s", want, got)
+		}
+	}
+}
