@@ -255,3 +255,34 @@ func TestMaglevTableSizeAnnotation(t *testing.T) {
 		}
 	}
 }
+
+// TestMaglevOverTopologyAndTerminating: the table is filled from the
+// endpoints endpoint selection leaves: the zone's under topology hints,
+// the serving terminating ones when no endpoint is ready.
+func TestMaglevOverTopologyAndTerminating(t *testing.T) {
+	hinted := func(addr, zone string) discoveryv1.Endpoint {
+		e := ep(addr)
+		e.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: zone}}}
+		return e
+	}
+	node := makeNode("node-a", "192.168.50.10")
+	node.Labels = map[string]string{v1.LabelTopologyZone: "zone-a"}
+	st := State{
+		Node: node,
+		Services: []*v1.Service{
+			makeService("default", "zoned", "10.96.0.30", withLBAlgorithm(LBMaglev)),
+			makeService("default", "ending", "10.96.0.31", withLBAlgorithm(LBMaglev)),
+		},
+		EndpointSlices: []*discoveryv1.EndpointSlice{
+			makeSlice("default", "zoned", "zoned-1", 8080, hinted("10.244.1.1", "zone-a"), hinted("10.244.1.2", "zone-a"), hinted("10.244.2.1", "zone-b")),
+			makeSlice("default", "ending", "ending-1", 8080, ep("10.244.1.3", terminatingServing), ep("10.244.1.4", terminatingServing), ep("10.244.1.5", terminatingNotServing)),
+		},
+	}
+	tbl := Build(klog.Background(), testConfig(), st)
+	if diff := cmp.Diff(maglevTargets(251, "10.244.1.1:8080", "10.244.1.2:8080"), slotTargets(t, tbl, "service-endpoints-v4", "10.96.0.30 . tcp . 80")); diff != "" {
+		t.Errorf("topology hints: slots (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(maglevTargets(251, "10.244.1.3:8080", "10.244.1.4:8080"), slotTargets(t, tbl, "service-endpoints-v4", "10.96.0.31 . tcp . 80")); diff != "" {
+		t.Errorf("terminating fallback: slots (-want +got):\n%s", diff)
+	}
+}
