@@ -180,20 +180,21 @@ func vmapElement(key []nft.Datum, chain, comment string) nft.Element {
 // . port of the slot's endpoint.
 func appendSlots(elems []nft.Element, key []nft.Datum, eps []endpoint, p pick) []nft.Element {
 	owners := slotOwners(eps, p)
-	// One allocation for all keys and one for all values: a table holds
-	// an element per slot.
+	// One allocation for all keys and one for the values, which the slots
+	// of an endpoint share (a Maglev table has hundreds of slots): a table
+	// holds an element per slot.
 	k := len(key) + 1
 	keys := make([]nft.Datum, k*len(owners))
-	values := make([]nft.Datum, 2*len(owners))
+	values := make([]nft.Datum, 2*len(eps))
+	for i, ep := range eps {
+		values[2*i], values[2*i+1] = nft.Addr(ep.addr), nft.Port(ep.port)
+	}
 	elems = slices.Grow(elems, len(owners))
 	for i, o := range owners {
-		ep := eps[o]
 		ek := keys[i*k : (i+1)*k : (i+1)*k]
 		copy(ek, key)
 		ek[k-1] = nft.Int(uint32(i))
-		ev := values[2*i : 2*i+2 : 2*i+2]
-		ev[0], ev[1] = nft.Addr(ep.addr), nft.Port(ep.port)
-		elems = append(elems, nft.Element{Key: ek, Value: ev})
+		elems = append(elems, nft.Element{Key: ek, Value: values[2*o : 2*o+2 : 2*o+2]})
 	}
 	return elems
 }

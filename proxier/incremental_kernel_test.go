@@ -180,7 +180,8 @@ func BenchmarkKernelColdSync(b *testing.B) {
 // BenchmarkWatchColdStart is the daemon's cold start at 10,000 services of
 // 10 endpoints, in process: informers list the objects from a fake
 // clientset, then the first sync programs a kernel. It reports the live
-// heap after the sync.
+// heap after the sync. NFTPROXY_LB_ALGORITHM=maglev puts every service on
+// Maglev.
 // go test ./proxier -run '^$' -bench WatchColdStart -benchtime 1x
 func BenchmarkWatchColdStart(b *testing.B) {
 	testnet.RequireRoot(b)
@@ -204,6 +205,7 @@ func BenchmarkWatchColdStart(b *testing.B) {
 		kernel := &countingKernel{Interface: nft.NewKernel(nft.WithNetNS(ns.Fd()))}
 		cfg := testConfig()
 		cfg.SyncPeriod = time.Hour
+		cfg.LBAlgorithm = os.Getenv("NFTPROXY_LB_ALGORITHM")
 		p, err := New(cfg, kernel)
 		if err != nil {
 			b.Fatal(err)
