@@ -61,15 +61,6 @@ func staleCounterOps(c *nftables.Conn, want *Table) ([]op, error) {
 // names of the objects they refer to, which google/nftables v0.3.0 does not
 // decode.
 func (k *Kernel) readObjectMapElements(table, set string) ([]kernelElement, error) {
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("read elements of %s: open netlink socket: %w", set, err)
-	}
-	defer conn.Close()
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_SET_ELEM_LIST_TABLE, Data: append([]byte(table), 0)},
 		{Type: unix.NFTA_SET_ELEM_LIST_SET, Data: append([]byte(set), 0)},
@@ -77,22 +68,12 @@ func (k *Kernel) readObjectMapElements(table, set string) ([]kernelElement, erro
 	if err != nil {
 		return nil, err
 	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETSETELEM),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	}
-	replies, err := conn.Execute(req)
+	replies, err := k.request(unix.NFT_MSG_GETSETELEM, netlink.Dump, unix.NFPROTO_INET, attrs)
 	if err != nil {
 		return nil, fmt.Errorf("read elements of %s: %w", set, err)
 	}
 	var out []kernelElement
 	for _, m := range replies {
-		if len(m.Data) < 4 {
-			continue
-		}
 		_, err := rewriteList(m.Data[4:], unix.NFTA_SET_ELEM_LIST_ELEMENTS, func(elem []byte) ([]byte, error) {
 			e, err := decodeObjectElement(elem)
 			out = append(out, e)

@@ -15,37 +15,18 @@ import (
 // original direction (the kernel dumps its direction as one byte, as nft
 // writes it; v0.3.0 wants four).
 func (k *Kernel) ruleComments(table string) (map[string][]string, error) {
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("list rules: open netlink socket: %w", err)
-	}
-	defer conn.Close()
 	attrs, err := netlink.MarshalAttributes([]netlink.Attribute{
 		{Type: unix.NFTA_RULE_TABLE, Data: append([]byte(table), 0)},
 	})
 	if err != nil {
 		return nil, err
 	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETRULE),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{unix.NFPROTO_INET, unix.NFNETLINK_V0, 0, 0}, attrs...),
-	}
-	replies, err := conn.Execute(req)
+	replies, err := k.request(unix.NFT_MSG_GETRULE, netlink.Dump, unix.NFPROTO_INET, attrs)
 	if err != nil {
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
 	out := map[string][]string{}
 	for _, m := range replies {
-		if len(m.Data) < 4 {
-			continue
-		}
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 		if err != nil {
 			return nil, fmt.Errorf("list rules: %w", err)

@@ -38,11 +38,7 @@ func (c Change) String() string { return fmt.Sprintf("%s: %v", c.Process, c.What
 // transaction's notifications, then a NEWGEN message naming the process
 // that committed it.
 func (k *Kernel) WatchForeignChanges(ctx context.Context, table string, onChange func(Change)) error {
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	conn, err := dialNetfilter(k.t.netns)
 	if err != nil {
 		return fmt.Errorf("watch nftables: %w", err)
 	}

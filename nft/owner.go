@@ -95,25 +95,13 @@ func (k *Kernel) readOwnership(family Family, name string) (tableState, error) {
 	if family != FamilyINet {
 		return tableState{}, fmt.Errorf("unsupported family %q", family)
 	}
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-	if err != nil {
-		return tableState{}, fmt.Errorf("open netlink socket: %w", err)
-	}
-	defer conn.Close()
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.NFTA_TABLE_NAME, name)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return tableState{}, err
 	}
-	replies, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: tableMsgType(unix.NFT_MSG_GETTABLE), Flags: netlink.Request},
-		Data:   append(nfgenHeader(), attrs...),
-	})
+	replies, err := k.request(unix.NFT_MSG_GETTABLE, 0, unix.NFPROTO_INET, attrs)
 	if errors.Is(err, unix.ENOENT) {
 		return tableState{}, nil
 	}
@@ -122,7 +110,7 @@ func (k *Kernel) readOwnership(family Family, name string) (tableState, error) {
 	}
 	st := tableState{exists: true}
 	for _, m := range replies {
-		if m.Header.Type != tableMsgType(unix.NFT_MSG_NEWTABLE) || len(m.Data) < 4 {
+		if m.Header.Type != tableMsgType(unix.NFT_MSG_NEWTABLE) {
 			continue
 		}
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])

@@ -363,13 +363,9 @@ type TraceWatch struct {
 // WatchTraces subscribes to trace events. Events of packets marked after it
 // returns are received; nothing is marked until a rule sets nftrace.
 func (k *Kernel) WatchTraces() (*TraceWatch, error) {
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
+	conn, err := dialNetfilter(k.t.netns)
 	if err != nil {
-		return nil, fmt.Errorf("watch traces: open netlink socket: %w", err)
+		return nil, fmt.Errorf("watch traces: %w", err)
 	}
 	// Best effort: past rmem_max this needs CAP_NET_ADMIN, which setting
 	// nftrace needs anyway; the default buffer only loses events sooner.

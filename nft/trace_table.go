@@ -190,32 +190,9 @@ func hookName(family uint8, n uint32) string {
 	return fmt.Sprintf("hook %d", n)
 }
 
-// dumpAll dumps objects of every family with a get message, on a socket of
-// its own.
+// dumpAll dumps objects of every family with a get message.
 func (k *Kernel) dumpAll(msgType int) ([]netlink.Message, error) {
-	cfg := &netlink.Config{}
-	if k.t.netns >= 0 {
-		cfg.NetNS = k.t.netns
-	}
-	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("open netlink socket: %w", err)
-	}
-	defer conn.Close()
-	replies, err := conn.Execute(netlink.Message{
-		Header: netlink.Header{Type: tableMsgType(msgType), Flags: netlink.Request | netlink.Dump},
-		Data:   []byte{unix.NFPROTO_UNSPEC, unix.NFNETLINK_V0, 0, 0},
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := replies[:0]
-	for _, m := range replies {
-		if len(m.Data) >= 4 {
-			out = append(out, m)
-		}
-	}
-	return out, nil
+	return k.request(msgType, netlink.Dump, unix.NFPROTO_UNSPEC, nil)
 }
 
 // TracedStep returns the step a traced rule was for packet p (as it was

@@ -53,16 +53,52 @@ func (t *transport) socket() (*netlink.Conn, error) {
 	if t.conn != nil {
 		return t.conn, nil
 	}
+	conn, err := dialNetfilter(t.netns)
+	if err != nil {
+		return nil, err
+	}
+	t.conn = conn
+	return conn, nil
+}
+
+// dialNetfilter opens a netfilter netlink socket in the namespace netns
+// (an open namespace file descriptor; negative: this process's).
+func dialNetfilter(netns int) (*netlink.Conn, error) {
 	cfg := &netlink.Config{}
-	if t.netns >= 0 {
-		cfg.NetNS = t.netns
+	if netns >= 0 {
+		cfg.NetNS = netns
 	}
 	conn, err := netlink.Dial(unix.NETLINK_NETFILTER, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
-	t.conn = conn
 	return conn, nil
+}
+
+// request sends one nftables request (a get, or a dump with netlink.Dump)
+// of the given family on a socket of its own, outside any transaction, and
+// returns the replies that carry an nfgenmsg header. Reads take their own
+// socket so that they never interleave with a batch being sent.
+func (k *Kernel) request(msg int, flags netlink.HeaderFlags, family byte, attrs []byte) ([]netlink.Message, error) {
+	conn, err := dialNetfilter(k.t.netns)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	replies, err := conn.Execute(netlink.Message{
+		Header: netlink.Header{Type: tableMsgType(msg), Flags: netlink.Request | flags},
+		Data:   append([]byte{family, unix.NFNETLINK_V0, 0, 0}, attrs...),
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := replies[:0]
+	for _, m := range replies {
+		if len(m.Data) >= 4 {
+			out = append(out, m)
+		}
+	}
+	return out, nil
 }
 
 // portID returns the netlink port id of the socket, opening it if needed:
