@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"cmp"
 	"maps"
 	"net/netip"
 	"slices"
@@ -152,19 +153,9 @@ func compareNames(a, b types.NamespacedName) int {
 		return c
 	}
 	if len(a.Namespace) > n {
-		return cmpByte(a.Namespace[n], '/')
+		return cmp.Compare(a.Namespace[n], '/')
 	}
-	return cmpByte('/', b.Namespace[n])
-}
-
-func cmpByte(a, b byte) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
+	return cmp.Compare('/', b.Namespace[n])
 }
 
 // winner returns the service that has the key: the first that wants it.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -167,15 +168,8 @@ func writeTop(b *strings.Builder, prev, cur []proxier.ServiceTraffic, elapsed ti
 	}
 }
 
-func cmpDesc(a, b float64) int {
-	switch {
-	case a > b:
-		return -1
-	case a < b:
-		return 1
-	}
-	return 0
-}
+// cmpDesc orders figures largest first.
+func cmpDesc(a, b float64) int { return cmp.Compare(b, a) }
 
 // human prints a figure with an SI suffix: 950, 1.2k, 34M.
 func human(v float64) string {
