@@ -1,10 +1,3 @@
-// Package nft is a typed model of one nftables table and the two ways nftproxy
-// outputs it: as `nft -f` text (Render, for dry runs and review) and as one
-// atomic netlink transaction (Diff, then Kernel.Apply).
-//
-// It knows nothing of Kubernetes. Callers build a Table value; the package
-// turns the difference between two Table values into a Plan, and a Plan into a
-// single netlink batch.
 package nft
 
 import (

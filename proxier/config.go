@@ -1,7 +1,3 @@
-// Package proxier turns Services, EndpointSlices and the Node into the
-// nftables table nftproxy wants (a value, built by pure functions), and runs
-// the sync loop that programs it. It never talks to the kernel itself: it
-// hands plans to an nft.Interface.
 package proxier
 
 import (
