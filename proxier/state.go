@@ -562,178 +562,243 @@ func (ts *tableState) update(services map[types.NamespacedName]*v1.Service, slic
 }
 
 // patch returns the transaction from the fragments orig (nil: none) to
-// the current ones of the same services.
+// the current ones of the same services, and false if a service's own set
+// changed in a way no patch can apply (a full replace is needed).
 func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bool) (*nft.Patch, change, bool) {
-	pt := &nft.Patch{}
-	ch := change{services: len(orig), problems: map[types.NamespacedName][]Problem{}}
-	stale := map[string]*nft.Chain{}
+	p := &patcher{
+		ts: ts, orig: orig, pt: &nft.Patch{},
+		keys:  slices.SortedFunc(maps.Keys(orig), compareNames),
+		masq:  nft.SetMarkOr{Bits: ts.b.cfg.masqueradeMark()},
+		stale: map[string]*nft.Chain{},
+	}
 	for _, c := range ts.stale {
-		stale[c.Name] = c
+		p.stale[c.Name] = c
 	}
-	var flushed []*nft.Chain
-	// want adds a chain, or refills it if the last transaction flushed it.
-	want := func(c *nft.Chain) {
-		if stale[c.Name] != nil {
-			delete(stale, c.Name)
-			pt.ReplaceChains = append(pt.ReplaceChains, c)
-			return
-		}
-		pt.AddChains = append(pt.AddChains, c)
-	}
-	drop := func(c *nft.Chain) {
-		pt.FlushChains = append(pt.FlushChains, c)
-		flushed = append(flushed, &nft.Chain{Name: c.Name})
-	}
-	frags := func(k types.NamespacedName) (*fragment, *fragment) { return orig[k], ts.frags[k] }
-	keys := slices.SortedFunc(maps.Keys(orig), compareNames)
-	masq := nft.SetMarkOr{Bits: ts.b.cfg.masqueradeMark()}
 	for _, fi := range ts.built() {
-		defs := ts.defs[fi]
-		famOf := func(f *fragment) *familyFragment {
-			if f == nil {
-				return &familyFragment{}
-			}
-			return &f.fams[fi]
+		p.setElements(fi)
+		p.sharedChains(fi, dropIdle)
+		if !p.serviceChainsAndSets(fi) {
+			return nil, change{}, false
 		}
-		for i := range numSets {
-			if i == setNodePortIPs || i == setServiceCIDRs {
-				continue
-			}
-			var del, add []nft.Element
-			switch {
-			case defs[i].Interval:
-				changed := false
-				for _, k := range keys {
-					o, n := frags(k)
-					a, d := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
-					changed = changed || len(d) > 0 || len(a) > 0
-				}
-				if changed {
-					// Interval sets are rewritten whole, as Diff does.
-					pt.FlushSets = append(pt.FlushSets, defs[i])
-					for _, f := range ts.frags {
-						add = append(add, f.fams[fi].elems.get(i)...)
-					}
-				}
-			case sharedSet(i):
-				delta := map[string]int{}
-				elem := map[string]nft.Element{}
-				for _, k := range keys {
-					o, n := frags(k)
-					for _, e := range famOf(o).elems.get(i) {
-						delta[e.ID()]--
-						elem[e.ID()] = e
-					}
-					for _, e := range famOf(n).elems.get(i) {
-						delta[e.ID()]++
-						elem[e.ID()] = e
-					}
-				}
-				for id, d := range delta {
-					after := ts.refs[fi][i][id]
-					switch before := after - d; {
-					case before > 0 && after == 0:
-						del = append(del, elem[id])
-					case before == 0 && after > 0:
-						add = append(add, elem[id])
-					}
-				}
-			default:
-				for _, k := range keys {
-					o, n := frags(k)
-					a, d := nft.DiffElements(famOf(o).elems.get(i), famOf(n).elems.get(i))
-					del, add = append(del, d...), append(add, a...)
-				}
-			}
-			if len(del) > 0 {
-				pt.DeleteElements = append(pt.DeleteElements, nft.SetElements{Set: defs[i], Elements: del})
-			}
-			if len(add) > 0 {
-				pt.AddElements = append(pt.AddElements, nft.SetElements{Set: defs[i], Elements: add})
-			}
-		}
+	}
+	p.deleteStaleChains()
+	p.counters()
+	return p.pt, p.change(), true
+}
 
-		// Shared chains: added when the first element points to them,
-		// dropped after the last.
-		delta := map[chainNeed]int{}
-		for _, k := range keys {
-			o, n := frags(k)
-			for _, c := range famOf(o).needs {
-				delta[c]--
-			}
-			for _, c := range famOf(n).needs {
-				delta[c]++
-			}
-		}
-		for _, c := range slices.SortedFunc(maps.Keys(delta), chainNeed.compare) {
-			after := ts.needs[fi][c]
-			switch before := after - delta[c]; {
-			case before > 0 && after == 0:
-				ts.idle[fi][c] = true
-			case before == 0 && after > 0 && ts.idle[fi][c]:
-				delete(ts.idle[fi], c)
-			case before == 0 && after > 0:
-				want(ts.b.fams[fi].sharedChain(c, masq))
-			}
-		}
-		if dropIdle {
-			for _, c := range slices.SortedFunc(maps.Keys(ts.idle[fi]), chainNeed.compare) {
-				drop(ts.b.fams[fi].sharedChain(c, masq))
-			}
-			clear(ts.idle[fi])
-		}
+// patcher builds one patch, job by job: the elements of the family sets,
+// the shared chains, the services' own chains and sets, the chains left
+// flushed by the last transaction, the counters; and the change it makes.
+type patcher struct {
+	ts   *tableState
+	orig map[types.NamespacedName]*fragment
+	keys []types.NamespacedName // orig's services, in order
+	pt   *nft.Patch
+	masq nft.Expr
+	// stale are the chains the last transaction flushed and this one has
+	// not refilled, deleted at its end; flushed are those this one
+	// flushes, which the next deletes.
+	stale   map[string]*nft.Chain
+	flushed []*nft.Chain
+}
 
-		// The services' own chains and sets.
-		for _, k := range keys {
-			o, n := frags(k)
-			oldChains := map[string]*nft.Chain{}
-			for _, c := range famOf(o).chains {
-				oldChains[c.Name] = c
+// frags returns a service's fragment before and after.
+func (p *patcher) frags(k types.NamespacedName) (*fragment, *fragment) {
+	return p.orig[k], p.ts.frags[k]
+}
+
+// fam returns a fragment's part in family fi (an empty one for no fragment).
+func fam(f *fragment, fi int) *familyFragment {
+	if f == nil {
+		return &familyFragment{}
+	}
+	return &f.fams[fi]
+}
+
+// want adds a chain, or refills it if the last transaction flushed it.
+func (p *patcher) want(c *nft.Chain) {
+	if p.stale[c.Name] != nil {
+		delete(p.stale, c.Name)
+		p.pt.ReplaceChains = append(p.pt.ReplaceChains, c)
+		return
+	}
+	p.pt.AddChains = append(p.pt.AddChains, c)
+}
+
+// drop flushes a chain; the next transaction deletes it, once no rule
+// jumps to it any more.
+func (p *patcher) drop(c *nft.Chain) {
+	p.pt.FlushChains = append(p.pt.FlushChains, c)
+	p.flushed = append(p.flushed, &nft.Chain{Name: c.Name})
+}
+
+// setElements adds the element changes of family fi's sets.
+func (p *patcher) setElements(fi int) {
+	defs := p.ts.defs[fi]
+	for i := range numSets {
+		if i == setNodePortIPs || i == setServiceCIDRs {
+			continue
+		}
+		var del, add []nft.Element
+		switch {
+		case defs[i].Interval:
+			changed := false
+			for _, k := range p.keys {
+				o, n := p.frags(k)
+				a, d := nft.DiffElements(fam(o, fi).elems.get(i), fam(n, fi).elems.get(i))
+				changed = changed || len(d) > 0 || len(a) > 0
 			}
-			for _, c := range famOf(n).chains {
-				switch oc := oldChains[c.Name]; {
-				case oc == nil:
-					want(c)
-				case !sameRules(oc.Rules, c.Rules):
-					pt.ReplaceChains = append(pt.ReplaceChains, c)
+			if changed {
+				// Interval sets are rewritten whole, as Diff does.
+				p.pt.FlushSets = append(p.pt.FlushSets, defs[i])
+				for _, f := range p.ts.frags {
+					add = append(add, f.fams[fi].elems.get(i)...)
 				}
-				delete(oldChains, c.Name)
 			}
-			for _, c := range famOf(o).chains {
-				if oldChains[c.Name] != nil {
-					drop(c)
-				}
+		case sharedSet(i):
+			del, add = p.sharedElements(fi, i)
+		default:
+			for _, k := range p.keys {
+				o, n := p.frags(k)
+				a, d := nft.DiffElements(fam(o, fi).elems.get(i), fam(n, fi).elems.get(i))
+				del, add = append(del, d...), append(add, a...)
 			}
-			oldSets := map[string]*nft.Set{}
-			for _, s := range famOf(o).sets {
-				oldSets[s.Name] = s
+		}
+		if len(del) > 0 {
+			p.pt.DeleteElements = append(p.pt.DeleteElements, nft.SetElements{Set: defs[i], Elements: del})
+		}
+		if len(add) > 0 {
+			p.pt.AddElements = append(p.pt.AddElements, nft.SetElements{Set: defs[i], Elements: add})
+		}
+	}
+}
+
+// sharedElements returns the changes of a set whose elements several
+// services may hold: an element goes with its last holder and comes with
+// its first.
+func (p *patcher) sharedElements(fi, i int) (del, add []nft.Element) {
+	delta := map[string]int{}
+	elem := map[string]nft.Element{}
+	for _, k := range p.keys {
+		o, n := p.frags(k)
+		for _, e := range fam(o, fi).elems.get(i) {
+			delta[e.ID()]--
+			elem[e.ID()] = e
+		}
+		for _, e := range fam(n, fi).elems.get(i) {
+			delta[e.ID()]++
+			elem[e.ID()] = e
+		}
+	}
+	for id, d := range delta {
+		after := p.ts.refs[fi][i][id]
+		switch before := after - d; {
+		case before > 0 && after == 0:
+			del = append(del, elem[id])
+		case before == 0 && after > 0:
+			add = append(add, elem[id])
+		}
+	}
+	return del, add
+}
+
+// sharedChains adds the shared chains of family fi that the first element
+// now points to, marks idle those the last left (and, with dropIdle,
+// flushes every idle one).
+func (p *patcher) sharedChains(fi int, dropIdle bool) {
+	ts := p.ts
+	delta := map[chainNeed]int{}
+	for _, k := range p.keys {
+		o, n := p.frags(k)
+		for _, c := range fam(o, fi).needs {
+			delta[c]--
+		}
+		for _, c := range fam(n, fi).needs {
+			delta[c]++
+		}
+	}
+	for _, c := range slices.SortedFunc(maps.Keys(delta), chainNeed.compare) {
+		after := ts.needs[fi][c]
+		switch before := after - delta[c]; {
+		case before > 0 && after == 0:
+			ts.idle[fi][c] = true
+		case before == 0 && after > 0 && ts.idle[fi][c]:
+			delete(ts.idle[fi], c)
+		case before == 0 && after > 0:
+			p.want(ts.b.fams[fi].sharedChain(c, p.masq))
+		}
+	}
+	if dropIdle {
+		for _, c := range slices.SortedFunc(maps.Keys(ts.idle[fi]), chainNeed.compare) {
+			p.drop(ts.b.fams[fi].sharedChain(c, p.masq))
+		}
+		clear(ts.idle[fi])
+	}
+}
+
+// serviceChainsAndSets adds, replaces and drops the services' own chains
+// and sets in family fi (session affinity's). It returns false if a set
+// changed its key or timeout, which only a full replace can apply.
+func (p *patcher) serviceChainsAndSets(fi int) bool {
+	for _, k := range p.keys {
+		o, n := p.frags(k)
+		oldChains := map[string]*nft.Chain{}
+		for _, c := range fam(o, fi).chains {
+			oldChains[c.Name] = c
+		}
+		for _, c := range fam(n, fi).chains {
+			switch oc := oldChains[c.Name]; {
+			case oc == nil:
+				p.want(c)
+			case !sameRules(oc.Rules, c.Rules):
+				p.pt.ReplaceChains = append(p.pt.ReplaceChains, c)
 			}
-			for _, s := range famOf(n).sets {
-				switch os := oldSets[s.Name]; {
-				case os == nil:
-					pt.AddSets = append(pt.AddSets, s)
-				case os.Timeout != s.Timeout || !slices.Equal(os.Key, s.Key):
-					return nil, change{}, false
-				}
-				delete(oldSets, s.Name)
+			delete(oldChains, c.Name)
+		}
+		for _, c := range fam(o, fi).chains {
+			if oldChains[c.Name] != nil {
+				p.drop(c)
 			}
-			for _, s := range famOf(o).sets {
-				if oldSets[s.Name] != nil {
-					pt.DeleteSets = append(pt.DeleteSets, s)
-				}
+		}
+		oldSets := map[string]*nft.Set{}
+		for _, s := range fam(o, fi).sets {
+			oldSets[s.Name] = s
+		}
+		for _, s := range fam(n, fi).sets {
+			switch os := oldSets[s.Name]; {
+			case os == nil:
+				p.pt.AddSets = append(p.pt.AddSets, s)
+			case os.Timeout != s.Timeout || !slices.Equal(os.Key, s.Key):
+				return false
+			}
+			delete(oldSets, s.Name)
+		}
+		for _, s := range fam(o, fi).sets {
+			if oldSets[s.Name] != nil {
+				p.pt.DeleteSets = append(p.pt.DeleteSets, s)
 			}
 		}
 	}
-	for _, c := range ts.stale {
-		if stale[c.Name] != nil {
-			pt.DeleteChains = append(pt.DeleteChains, c)
+	return true
+}
+
+// deleteStaleChains deletes the chains the last transaction flushed and
+// this one did not refill, and records those this one flushes.
+func (p *patcher) deleteStaleChains() {
+	for _, c := range p.ts.stale {
+		if p.stale[c.Name] != nil {
+			p.pt.DeleteChains = append(p.pt.DeleteChains, c)
 		}
 	}
-	ts.stale = flushed
-	// A service port's counters are its own: added and deleted with it,
-	// and left alone (values and all) while it stays.
-	for _, k := range keys {
-		o, n := frags(k)
+	p.ts.stale = p.flushed
+}
+
+// counters adds and deletes the services' counters. A service port's
+// counters are its own: added and deleted with it, and left alone (values
+// and all) while it stays.
+func (p *patcher) counters() {
+	for _, k := range p.keys {
+		o, n := p.frags(k)
 		var oldCounters, newCounters []*nft.CounterObject
 		if o != nil {
 			oldCounters = o.counters
@@ -742,13 +807,18 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 			newCounters = n.counters
 		}
 		add, del := nft.DiffCounters(oldCounters, newCounters)
-		pt.AddCounters = append(pt.AddCounters, add...)
-		pt.DeleteCounters = append(pt.DeleteCounters, del...)
+		p.pt.AddCounters = append(p.pt.AddCounters, add...)
+		p.pt.DeleteCounters = append(p.pt.DeleteCounters, del...)
 	}
+}
 
+// change is what the patch changes besides the kernel: the services'
+// problems, and the UDP and SCTP flows whose endpoints it removes.
+func (p *patcher) change() change {
+	ch := change{services: len(p.orig), problems: map[types.NamespacedName][]Problem{}}
 	empty := map[FlowDestination][]netip.AddrPort{}
-	for _, k := range keys {
-		o, n := frags(k)
+	for _, k := range p.keys {
+		o, n := p.frags(k)
 		oldFlows, newFlows := empty, empty
 		if o != nil && o.flows != nil {
 			oldFlows = o.flows
@@ -762,7 +832,7 @@ func (ts *tableState) patch(orig map[types.NamespacedName]*fragment, dropIdle bo
 		}
 		ch.staleFlows = append(ch.staleFlows, staleFlowFilters(oldFlows, newFlows)...)
 	}
-	return pt, ch, true
+	return ch
 }
 
 func sameRules(a, b []nft.Rule) bool {
