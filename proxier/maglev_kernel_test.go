@@ -16,6 +16,7 @@ import (
 
 	"github.com/nftproxy/nftproxy/internal/testnet"
 	"github.com/nftproxy/nftproxy/nft"
+	"github.com/nftproxy/nftproxy/proxier/maglev"
 )
 
 // The Maglev kernel tests observe where the kernel sends flows without
@@ -430,5 +431,97 @@ func TestMaglevDisruption(t *testing.T) {
 		if extra > tc.maxExtra || beyond > tc.maxBeyond {
 			t.Errorf("n=%d, size %q: removal moved %.3f of the others (bound %.2f), addition %.3f beyond 1/(n+1) (bound %.2f)", tc.n, tc.size, extra, tc.maxExtra, beyond, tc.maxBeyond)
 		}
+	}
+}
+
+// TestMaglevLocalPolicyAndAffinity sends flows from a client outside the
+// node, through it: under externalTrafficPolicy Local a Maglev service
+// hashes over this node's endpoints only, and with ClientIP affinity a
+// client's first connection goes where the hash says and the next ones
+// stay there, whatever their source port.
+func TestMaglevLocalPolicyAndAffinity(t *testing.T) {
+	testnet.RequireRoot(t)
+	node := newMaglevNode(t, "node-0", 0)
+	client := testnet.NewNS(t, "mgc")
+	clientIP := netip.MustParseAddr("198.18.0.7")
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "cl", "type", "veth", "peer", "name", "eth0", "netns", client.Name},
+		{"ip", "link", "set", "cl", "up"},
+		{"ip", "addr", "add", "198.18.0.1/24", "dev", "cl"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		node.ns.Run(t, cmd...)
+	}
+	for _, cmd := range [][]string{
+		{"ip", "link", "set", "eth0", "up"},
+		{"ip", "addr", "add", clientIP.String() + "/24", "dev", "eth0"},
+		{"ip", "route", "add", "default", "via", "198.18.0.1"},
+	} {
+		client.Run(t, cmd...)
+	}
+
+	st := maglevState(12, nil)
+	local := st.Services[0]
+	withExternalLocal(31080)(local)
+	sticky := makeService("default", "sticky", "10.96.0.20", withAffinity(600), withLBAlgorithm(LBMaglev))
+	st.Services = append(st.Services, sticky)
+	var all []string
+	stickySlice := makeSlice("default", "sticky", "sticky-1", 9090)
+	for i := range 5 {
+		a := fmt.Sprintf("10.244.9.%d", i+1)
+		stickySlice.Endpoints = append(stickySlice.Endpoints, ep(a))
+		all = append(all, a+":9090")
+	}
+	st.EndpointSlices = append(st.EndpointSlices, stickySlice)
+	node.program(t, st)
+
+	open := func(dst netip.AddrPort, sports []uint16) {
+		t.Helper()
+		err := client.Do(func() error {
+			for _, sport := range sports {
+				if err := openFlow(nft.ProtoTCP, netip.AddrPortFrom(clientIP, sport), dst); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// node-0's endpoints of the Local service: every third.
+	var localIDs []string
+	for i := 0; i < 12; i += 3 {
+		localIDs = append(localIDs, fmt.Sprintf("10.244.1.%d:8080", i+1))
+	}
+	expect := func(ids []string, sport uint16) string {
+		sorted, table := maglev.Table(ids, 251)
+		return sorted[table[nft.SourceSlot(netip.AddrPortFrom(clientIP, sport), 251, DefaultMaglevSeed)]]
+	}
+	sports := sourcePorts(20000, 500)
+	open(netip.MustParseAddrPort("203.0.113.10:80"), sports)
+	got := node.flows(t, nft.ProtoTCP, false, 80)
+	if len(got) != len(sports) {
+		t.Fatalf("Local policy: %d of %d flows in conntrack", len(got), len(sports))
+	}
+	for sport, e := range got {
+		if want := expect(localIDs, sport); e.String() != want {
+			t.Errorf("Local policy: flow %d went to %s, want %s (the hash over node-0's endpoints)", sport, e, want)
+		}
+	}
+
+	first := expect(all, 30000)
+	open(netip.MustParseAddrPort("10.96.0.20:80"), []uint16{30000})
+	open(netip.MustParseAddrPort("10.96.0.20:80"), sourcePorts(30001, 100))
+	got = node.flows(t, nft.ProtoTCP, false, 80)
+	spread := map[string]bool{}
+	for sport := uint16(30000); sport <= 30100; sport++ {
+		if got[sport].String() != first {
+			t.Errorf("affinity: flow %d went to %s, want the first connection's %s", sport, got[sport], first)
+		}
+		spread[expect(all, sport)] = true
+	}
+	if len(spread) < 2 {
+		t.Fatal("the hash alone would have sent these flows to one endpoint: the test proves nothing")
 	}
 }
