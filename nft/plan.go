@@ -96,34 +96,19 @@ func (p *Plan) Stats() Stats {
 }
 
 // FullPlan returns a plan that replaces whatever table of that name exists
-// with want, atomically.
+// with want, atomically: the patch that adds everything, after an "add
+// table" (a no-op on an existing table, which Kernel.Apply then replaces).
+// Adding a counter that exists keeps its values.
 func FullPlan(want *Table) *Plan {
-	p := &Plan{family: want.Family, table: want.Name, Replace: true, committed: want}
-	// "add" of an existing table is a no-op.
-	p.ops = append(p.ops, op{kind: opAddTable})
-	// Counters before the map elements that name them. Adding a counter
-	// that exists keeps its values.
-	for _, c := range want.Counters {
-		p.ops = append(p.ops, op{kind: opAddCounter, counter: c})
-	}
+	pt := &Patch{AddCounters: want.Counters, AddSets: want.Sets, AddChains: want.Chains}
 	for _, s := range want.Sets {
-		p.ops = append(p.ops, op{kind: opAddSet, set: s})
-	}
-	// Chains before elements and rules: verdict map elements and jumps refer
-	// to them.
-	for _, c := range want.Chains {
-		p.ops = append(p.ops, op{kind: opAddChain, chain: c})
-	}
-	for _, s := range want.Sets {
-		if len(s.Elements) > 0 && !s.Dynamic {
-			p.ops = append(p.ops, op{kind: opAddElements, set: s, elements: s.Elements})
+		if !s.Dynamic {
+			pt.AddElements = append(pt.AddElements, SetElements{Set: s, Elements: s.Elements})
 		}
 	}
-	for _, c := range want.Chains {
-		for _, r := range c.Rules {
-			p.ops = append(p.ops, op{kind: opAddRule, chain: c, rule: r})
-		}
-	}
+	p := pt.Plan(want.Family, want.Name)
+	p.ops = append([]op{{kind: opAddTable}}, p.ops...)
+	p.Replace, p.committed = true, want
 	return p
 }
 
@@ -147,29 +132,36 @@ func Diff(have, want *Table) *Plan {
 	if have == nil || have.Family != want.Family || have.Name != want.Name {
 		return FullPlan(want)
 	}
-	p := &Plan{family: want.Family, table: want.Name}
+	pt, ok := diffPatch(have, want)
+	if !ok {
+		return FullPlan(want)
+	}
+	p := pt.Plan(want.Family, want.Name)
 	committed := &Table{Family: want.Family, Name: want.Name, Counters: want.Counters, Sets: want.Sets, Chains: slices.Clone(want.Chains)}
+	for _, c := range pt.FlushChains {
+		committed.Chains = append(committed.Chains, &Chain{Name: c.Name, Base: c.Base})
+	}
+	p.committed = committed
+	return p
+}
 
-	var addCounters, addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets, delCounters []op
-	newCounters, oldCounters := diffCounters(have.Counters, want.Counters)
-	for _, c := range newCounters {
-		addCounters = append(addCounters, op{kind: opAddCounter, counter: c})
-	}
-	// Counters go last, once no element names them.
-	for _, c := range oldCounters {
-		delCounters = append(delCounters, op{kind: opDeleteCounter, counter: c})
-	}
+// diffPatch returns the patch from have to want, and false if only a
+// replace can make the change (a set's definition or a base chain
+// changed). Patch.Plan orders its steps.
+func diffPatch(have, want *Table) (*Patch, bool) {
+	pt := &Patch{}
+	pt.AddCounters, pt.DeleteCounters = diffCounters(have.Counters, want.Counters)
 	for _, ws := range want.Sets {
 		hs := have.Set(ws.Name)
 		if hs == nil {
-			addSets = append(addSets, op{kind: opAddSet, set: ws})
+			pt.AddSets = append(pt.AddSets, ws)
 			if len(ws.Elements) > 0 && !ws.Dynamic {
-				addElems = append(addElems, op{kind: opAddElements, set: ws, elements: ws.Elements})
+				pt.AddElements = append(pt.AddElements, SetElements{Set: ws, Elements: ws.Elements})
 			}
 			continue
 		}
 		if !sameSetDefinition(hs, ws) {
-			return FullPlan(want)
+			return nil, false
 		}
 		if ws.Dynamic {
 			continue
@@ -178,55 +170,40 @@ func Diff(have, want *Table) *Plan {
 			// Interval elements are stored as start/end pairs; rewriting the few
 			// elements such sets hold is simpler than patching pairs.
 			if !sameElements(hs.Elements, ws.Elements) {
-				delElems = append(delElems, op{kind: opFlushSet, set: ws})
-				if len(ws.Elements) > 0 {
-					addElems = append(addElems, op{kind: opAddElements, set: ws, elements: ws.Elements})
-				}
+				pt.FlushSets = append(pt.FlushSets, ws)
+				pt.AddElements = append(pt.AddElements, SetElements{Set: ws, Elements: ws.Elements})
 			}
 			continue
 		}
 		add, del := diffElements(hs.Elements, ws.Elements)
-		if len(del) > 0 {
-			delElems = append(delElems, op{kind: opDeleteElements, set: ws, elements: del})
-		}
-		if len(add) > 0 {
-			addElems = append(addElems, op{kind: opAddElements, set: ws, elements: add})
-		}
+		pt.DeleteElements = append(pt.DeleteElements, SetElements{Set: ws, Elements: del})
+		pt.AddElements = append(pt.AddElements, SetElements{Set: ws, Elements: add})
 	}
 	for _, hs := range have.Sets {
 		if want.Set(hs.Name) == nil {
-			delSets = append(delSets, op{kind: opDeleteSet, set: hs})
+			pt.DeleteSets = append(pt.DeleteSets, hs)
 		}
 	}
 	for _, wc := range want.Chains {
-		hc := have.Chain(wc.Name)
-		if hc == nil {
-			addChains = append(addChains, op{kind: opAddChain, chain: wc})
-		} else if !sameBase(hc.Base, wc.Base) {
-			return FullPlan(want)
-		} else if sameRules(hc.Rules, wc.Rules) {
-			continue
-		} else {
-			flushChains = append(flushChains, op{kind: opFlushChain, chain: wc})
-		}
-		for _, r := range wc.Rules {
-			rules = append(rules, op{kind: opAddRule, chain: wc, rule: r})
+		switch hc := have.Chain(wc.Name); {
+		case hc == nil:
+			pt.AddChains = append(pt.AddChains, wc)
+		case !sameBase(hc.Base, wc.Base):
+			return nil, false
+		case !sameRules(hc.Rules, wc.Rules):
+			pt.ReplaceChains = append(pt.ReplaceChains, wc)
 		}
 	}
 	for _, hc := range have.Chains {
-		if want.Chain(hc.Name) != nil {
-			continue
+		switch {
+		case want.Chain(hc.Name) != nil:
+		case len(hc.Rules) == 0:
+			pt.DeleteChains = append(pt.DeleteChains, hc)
+		default:
+			pt.FlushChains = append(pt.FlushChains, hc)
 		}
-		if len(hc.Rules) == 0 {
-			delChains = append(delChains, op{kind: opDeleteChain, chain: hc})
-			continue
-		}
-		flushChains = append(flushChains, op{kind: opFlushChain, chain: hc})
-		committed.Chains = append(committed.Chains, &Chain{Name: hc.Name, Base: hc.Base})
 	}
-	p.ops = slices.Concat(addCounters, addSets, addChains, flushChains, rules, delElems, addElems, delChains, delSets, delCounters)
-	p.committed = committed
-	return p
+	return pt, true
 }
 
 func sameSetDefinition(a, b *Set) bool {
