@@ -12,12 +12,35 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Families of other programs' tables, which RemoveForeign may delete from.
-// nftproxy's own table is inet.
+// Families of other programs' tables, which RemoveForeign may delete from
+// (ip, ip6) and traces may pass through (all). nftproxy's own table is
+// inet.
 const (
-	FamilyIP  Family = "ip"
-	FamilyIP6 Family = "ip6"
+	FamilyIP     Family = "ip"
+	FamilyIP6    Family = "ip6"
+	FamilyARP    Family = "arp"
+	FamilyBridge Family = "bridge"
+	FamilyNetdev Family = "netdev"
 )
+
+// familyOf names a kernel family number (NFPROTO_*) as nft does.
+func familyOf(n uint8) Family {
+	switch n {
+	case unix.NFPROTO_INET:
+		return FamilyINet
+	case unix.NFPROTO_IPV4:
+		return FamilyIP
+	case unix.NFPROTO_IPV6:
+		return FamilyIP6
+	case unix.NFPROTO_ARP:
+		return FamilyARP
+	case unix.NFPROTO_BRIDGE:
+		return FamilyBridge
+	case unix.NFPROTO_NETDEV:
+		return FamilyNetdev
+	}
+	return Family(fmt.Sprintf("family %d", n))
+}
 
 var kernelFamilies = map[Family]nftables.TableFamily{
 	FamilyINet: nftables.TableFamilyINet,

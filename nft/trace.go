@@ -147,10 +147,9 @@ type TraceEvent struct {
 	// ID is the same for all events of one packet (a hash of the skb; it
 	// may be reused by a later packet).
 	ID uint32
-	// TableFamily is the family of the table (NFPROTO_*: 1 inet, 2 ip,
-	// 10 ip6, ...); Table and Chain name the chain. Return and policy
-	// events name the base chain.
-	TableFamily uint8
+	// TableFamily is the family of the table; Table and Chain name the
+	// chain. Return and policy events name the base chain.
+	TableFamily Family
 	Table       string
 	Chain       string
 	Type        TraceType
@@ -159,9 +158,9 @@ type TraceEvent struct {
 	Verdict    TraceVerdict
 	// Policy is the base chain's policy (TracePolicy only).
 	Policy TraceVerdict
-	// NFProto is the packet's family: NFPROTO_IPV4 or NFPROTO_IPV6 in an
+	// PacketFamily is the packet's family: FamilyIP or FamilyIP6 in an
 	// inet table.
-	NFProto uint8
+	PacketFamily Family
 	// The interfaces and mark, and the headers, are in the first event of
 	// each base chain only (HasPacket).
 	HasPacket bool
@@ -197,7 +196,7 @@ func DecodeTrace(b []byte) (TraceEvent, error) {
 	if len(b) < 4 {
 		return TraceEvent{}, fmt.Errorf("decode trace: message of %d bytes", len(b))
 	}
-	ev := TraceEvent{TableFamily: b[0]}
+	ev := TraceEvent{TableFamily: familyOf(b[0])}
 	ad, err := netlink.NewAttributeDecoder(b[4:])
 	if err != nil {
 		return TraceEvent{}, fmt.Errorf("decode trace: %w", err)
@@ -223,7 +222,7 @@ func DecodeTrace(b []byte) (TraceEvent, error) {
 		case unix.NFTA_TRACE_POLICY:
 			ev.Policy = TraceVerdict{Code: int32(ad.Uint32())}
 		case unix.NFTA_TRACE_NFPROTO:
-			ev.NFProto = uint8(ad.Uint32())
+			ev.PacketFamily = familyOf(uint8(ad.Uint32()))
 		case unix.NFTA_TRACE_IIF:
 			ev.Iif, ev.HasPacket = ad.Uint32(), true
 		case unix.NFTA_TRACE_OIF:

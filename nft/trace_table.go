@@ -61,7 +61,7 @@ func TraceTable(name string, p Packet) *Table {
 
 // KernelRule is a rule as listed by ReadRules.
 type KernelRule struct {
-	TableFamily  uint8
+	TableFamily  Family
 	Table, Chain string
 	Handle       uint64
 	// Index is the rule's position in its chain, from 0.
@@ -78,13 +78,13 @@ func (k *Kernel) ReadRules() ([]KernelRule, error) {
 		return nil, fmt.Errorf("list rules: %w", err)
 	}
 	type chainKey struct {
-		family       uint8
+		family       Family
 		table, chain string
 	}
 	next := map[chainKey]int{}
 	var out []KernelRule
 	for _, m := range replies {
-		r := KernelRule{TableFamily: m.Data[0]}
+		r := KernelRule{TableFamily: familyOf(m.Data[0])}
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
 		if err != nil {
 			return nil, fmt.Errorf("list rules: %w", err)
@@ -115,7 +115,7 @@ func (k *Kernel) ReadRules() ([]KernelRule, error) {
 
 // KernelBaseChain is a base chain as listed by ReadBaseChains.
 type KernelBaseChain struct {
-	TableFamily  uint8
+	TableFamily  Family
 	Table, Chain string
 	// Hook is the hook's name in the table's family ("prerouting",
 	// "ingress", ...).
@@ -132,7 +132,7 @@ func (k *Kernel) ReadBaseChains() ([]KernelBaseChain, error) {
 	}
 	var out []KernelBaseChain
 	for _, m := range replies {
-		c := KernelBaseChain{TableFamily: m.Data[0]}
+		c := KernelBaseChain{TableFamily: familyOf(m.Data[0])}
 		base := false
 		var hooknum uint32
 		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
@@ -174,14 +174,14 @@ func (k *Kernel) ReadBaseChains() ([]KernelBaseChain, error) {
 }
 
 // hookName names a hook number as nft does for the family.
-func hookName(family uint8, n uint32) string {
+func hookName(family Family, n uint32) string {
 	var names []string
 	switch family {
-	case unix.NFPROTO_INET, unix.NFPROTO_IPV4, unix.NFPROTO_IPV6, unix.NFPROTO_BRIDGE:
+	case FamilyINet, FamilyIP, FamilyIP6, FamilyBridge:
 		names = []string{"prerouting", "input", "forward", "output", "postrouting", "ingress"}
-	case unix.NFPROTO_NETDEV:
+	case FamilyNetdev:
 		names = []string{"ingress", "egress"}
-	case unix.NFPROTO_ARP:
+	case FamilyARP:
 		names = []string{"input", "output", "forward"}
 	}
 	if int(n) < len(names) {

@@ -31,26 +31,26 @@ var capturedTraces = []struct {
 }{{
 	name: "the trace rule, first event of the output hook: headers, interface",
 	hex:  "0100000008000f0000000002080004000000000308000600c7d008821100020074726163652d6f757470757400000000130001006e667470726f78792d747261636500000c00030000000000000000040c00050008000100ffffffff08000c000000000306000d0000010000180008004500001ec92d400040115d9f0a0000010a0000020e000900b42c0050000a141e68690000",
-	want: TraceEvent{ID: 0xc7d00882, TableFamily: 1, Table: "nftproxy-trace", Chain: "trace-output", Type: TraceRule,
-		RuleHandle: 4, Verdict: TraceVerdict{Code: verdictContinue}, NFProto: 2, HasPacket: true, Oif: 3},
+	want: TraceEvent{ID: 0xc7d00882, TableFamily: FamilyINet, Table: "nftproxy-trace", Chain: "trace-output", Type: TraceRule,
+		RuleHandle: 4, Verdict: TraceVerdict{Code: verdictContinue}, PacketFamily: FamilyIP, HasPacket: true, Oif: 3},
 	packet: "udp 10.0.0.1:46124 -> 10.0.0.2:80",
 }, {
 	name: "a base chain's policy",
 	hex:  "0100000008000f0000000002080004000000000108000600c7d008821100020074726163652d6f757470757400000000130001006e667470726f78792d747261636500000800100000000001",
-	want: TraceEvent{ID: 0xc7d00882, TableFamily: 1, Table: "nftproxy-trace", Chain: "trace-output", Type: TracePolicy,
-		Policy: TraceVerdict{Code: verdictAccept}, NFProto: 2},
+	want: TraceEvent{ID: 0xc7d00882, TableFamily: FamilyINet, Table: "nftproxy-trace", Chain: "trace-output", Type: TracePolicy,
+		Policy: TraceVerdict{Code: verdictAccept}, PacketFamily: FamilyIP},
 }, {
 	name: "a jump in the next base chain: headers after DNAT, conntrack",
 	hex:  "0100000008000f0000000002080004000000000308000600c7d0088209000200706f73740000000006000100780000000c00030000000000000000051400050008000100fffffffd080002007375620008000c000000000306000d0000010000180008004500001ec92d400040115d9e0a0000010a0000030e000900b42c1f90000a141f6869000008001500000000080500130000000000080012007656c7ea0800140000000120",
-	want: TraceEvent{ID: 0xc7d00882, TableFamily: 1, Table: "x", Chain: "post", Type: TraceRule, RuleHandle: 5,
-		Verdict: TraceVerdict{Code: verdictJump, Chain: "sub"}, NFProto: 2, HasPacket: true, Oif: 3,
+	want: TraceEvent{ID: 0xc7d00882, TableFamily: FamilyINet, Table: "x", Chain: "post", Type: TraceRule, RuleHandle: 5,
+		Verdict: TraceVerdict{Code: verdictJump, Chain: "sub"}, PacketFamily: FamilyIP, HasPacket: true, Oif: 3,
 		HasCt: true, CtID: 0x7656c7ea, CtState: TraceCtNew, CtStatus: 0x120},
 	packet: "udp 10.0.0.1:46124 -> 10.0.0.3:8080",
 }, {
 	name: "a rule in a regular chain: no headers",
 	hex:  "0100000008000f0000000002080004000000000308000600c7d00882080002007375620006000100780000000c00030000000000000000060c00050008000100ffffffff",
-	want: TraceEvent{ID: 0xc7d00882, TableFamily: 1, Table: "x", Chain: "sub", Type: TraceRule, RuleHandle: 6,
-		Verdict: TraceVerdict{Code: verdictContinue}, NFProto: 2},
+	want: TraceEvent{ID: 0xc7d00882, TableFamily: FamilyINet, Table: "x", Chain: "sub", Type: TraceRule, RuleHandle: 6,
+		Verdict: TraceVerdict{Code: verdictContinue}, PacketFamily: FamilyIP},
 }}
 
 func TestDecodeTrace(t *testing.T) {
@@ -231,8 +231,8 @@ func TestTraceKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !containsChain(chains, KernelBaseChain{TableFamily: 1, Table: "trace", Chain: "trace-output", Hook: "output", Priority: PriorityRaw}) ||
-		!containsChain(chains, KernelBaseChain{TableFamily: 1, Table: "x", Chain: "post", Hook: "postrouting"}) {
+	if !containsChain(chains, KernelBaseChain{TableFamily: FamilyINet, Table: "trace", Chain: "trace-output", Hook: "output", Priority: PriorityRaw}) ||
+		!containsChain(chains, KernelBaseChain{TableFamily: FamilyINet, Table: "x", Chain: "post", Hook: "postrouting"}) {
 		t.Errorf("base chains %+v", chains)
 	}
 

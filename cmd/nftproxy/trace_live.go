@@ -203,7 +203,7 @@ type liveTracer struct {
 }
 
 type chainRef struct {
-	family       uint8
+	family       nft.Family
 	table, chain string
 }
 
@@ -256,8 +256,8 @@ func (lt *liveTracer) readRules() error {
 }
 
 // ours reports whether a table is nftproxy's.
-func (lt *liveTracer) ours(family uint8, table string) bool {
-	return family == unix.NFPROTO_INET && table == lt.tbl.Name
+func (lt *liveTracer) ours(family nft.Family, table string) bool {
+	return family == nft.FamilyINet && table == lt.tbl.Name
 }
 
 // add files an event under its packet. Every traced packet starts with the
@@ -388,12 +388,12 @@ func (lt *liveTracer) explain(pk *livePacket) (tracedPacket, bool) {
 				out.lines = append(out.lines, traceLine{hook: hook, text: "packet now " + describeTraced(tp, ev, lt.ifname)})
 			}
 		}
-		if ev.Table == traceTableName && ev.TableFamily == unix.NFPROTO_INET {
+		if ev.Table == traceTableName && ev.TableFamily == nft.FamilyINet {
 			continue
 		}
 		chain := ev.Chain
 		if !lt.ours(ev.TableFamily, ev.Table) {
-			chain = fmt.Sprintf("%s %s %s", familyName(ev.TableFamily), ev.Table, ev.Chain)
+			chain = fmt.Sprintf("%s %s %s", ev.TableFamily, ev.Table, ev.Chain)
 		}
 		switch {
 		case ev.Type == nft.TraceRule && ev.RuleHandle == 0:
@@ -573,22 +573,4 @@ func connState(events []nft.TraceEvent) string {
 		}
 	}
 	return ""
-}
-
-func familyName(f uint8) string {
-	switch f {
-	case unix.NFPROTO_INET:
-		return "inet"
-	case unix.NFPROTO_IPV4:
-		return "ip"
-	case unix.NFPROTO_IPV6:
-		return "ip6"
-	case unix.NFPROTO_ARP:
-		return "arp"
-	case unix.NFPROTO_BRIDGE:
-		return "bridge"
-	case unix.NFPROTO_NETDEV:
-		return "netdev"
-	}
-	return fmt.Sprintf("family %d", f)
 }

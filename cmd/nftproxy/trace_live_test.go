@@ -314,11 +314,11 @@ func TestTraceLive(t *testing.T) {
 // so it starts a new one, and later events go to the newest packet of the
 // id.
 func TestLiveTracerSplitsReusedIDs(t *testing.T) {
-	start := nft.TraceEvent{ID: 7, TableFamily: 1, Table: traceTableName, Chain: "trace-prerouting", Type: nft.TraceRule, RuleHandle: 3}
+	start := nft.TraceEvent{ID: 7, TableFamily: nft.FamilyINet, Table: traceTableName, Chain: "trace-prerouting", Type: nft.TraceRule, RuleHandle: 3}
 	ev := func(chain string) nft.TraceEvent {
-		return nft.TraceEvent{ID: 7, TableFamily: 1, Table: "nftproxy", Chain: chain, Type: nft.TracePolicy}
+		return nft.TraceEvent{ID: 7, TableFamily: nft.FamilyINet, Table: "nftproxy", Chain: chain, Type: nft.TracePolicy}
 	}
-	other := nft.TraceEvent{ID: 8, TableFamily: 1, Table: traceTableName, Chain: "trace-prerouting", Type: nft.TraceRule, RuleHandle: 3}
+	other := nft.TraceEvent{ID: 8, TableFamily: nft.FamilyINet, Table: traceTableName, Chain: "trace-prerouting", Type: nft.TraceRule, RuleHandle: 3}
 	lt := &liveTracer{}
 	now := time.Now()
 	for _, e := range []nft.TraceEvent{start, ev("a"), other, start, ev("b"), ev("c")} {
