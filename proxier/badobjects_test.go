@@ -201,7 +201,7 @@ func badCases() []badCase {
 		},
 		absent: []string{"default/bad:zero", "default/bad:negative", "default/bad:huge", "default/bad:badnodeport", "default/bad:badproto", "70000", "4464"},
 		events: []string{"InvalidPort", "InvalidPort", "InvalidPort", "InvalidPort", "InvalidPort"},
-		logs:   []string{`Cannot program part of a service service="default/bad" reason="InvalidPort" problem="skipping port \"huge\": protocol \"TCP\", port 65536, nodePort 0"`},
+		logs:   []string{`Cannot program part of a service as asked service="default/bad" reason="InvalidPort" problem="skipping port \"huge\": protocol \"TCP\", port 65536, nodePort 0"`},
 	}, {
 		name: "slice ports 0 or above 65535 give no endpoints: the port rejects",
 		objs: []runtime.Object{bad(), func() *discoveryv1.EndpointSlice {
@@ -295,7 +295,7 @@ func badCases() []badCase {
 		}(), badSlice(ep("10.244.2.5"))},
 		absent: []string{"default/bad", "10.244.2.5"},
 		events: []string{"NoClusterIP"},
-		logs:   []string{`Cannot program part of a service service="default/bad" reason="NoClusterIP"`},
+		logs:   []string{`Cannot program part of a service as asked service="default/bad" reason="NoClusterIP"`},
 	}, {
 		name:   "an invalid ClusterIP skips the service",
 		objs:   []runtime.Object{makeService("default", "bad", "10.96.0.300"), badSlice(ep("10.244.2.5"))},

@@ -486,7 +486,7 @@ func (b *builder) buildService(key types.NamespacedName, svc *v1.Service, epSlic
 			return
 		}
 		frag.problems = append(frag.problems, p)
-		b.logger.Error(nil, "Cannot program part of a service", "service", klog.KObj(svc), "reason", reason, "problem", message)
+		b.logger.Error(nil, "Cannot program part of a service as asked", "service", klog.KObj(svc), "reason", reason, "problem", message)
 	}
 	var localReady map[netip.Addr]bool
 	masq := nft.SetMarkOr{Bits: b.cfg.masqueradeMark()}

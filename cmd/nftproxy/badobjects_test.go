@@ -167,7 +167,7 @@ func dumpCases() []dumpCase {
   - {name: http, port: 80, nodePort: 30081}`) + slice("default", "bad-1", "bad", "IPv4", badPorts, "[{addresses: [10.244.2.5]}]"),
 		want:   []string{badSlot(0, "10.244.2.5 . 9090"), `tcp . 30081 comment "default/bad:http" : goto external-nodeport-v4-1`},
 		absent: []string{"default/bad:zero", "default/bad:negative", "default/bad:huge", "default/bad:badnodeport", "default/bad:badproto", "70000", "4464"},
-		logs: []string{`"Cannot program part of a service" service="default/bad" reason="InvalidPort" problem="skipping port \"zero\": protocol \"TCP\", port 0, nodePort 0"`,
+		logs: []string{`"Cannot program part of a service as asked" service="default/bad" reason="InvalidPort" problem="skipping port \"zero\": protocol \"TCP\", port 0, nodePort 0"`,
 			`problem="skipping port \"negative\"`, `problem="skipping port \"huge\"`, `problem="skipping port \"badnodeport\"`, `problem="skipping port \"badproto\"`},
 	}, {
 		name: "slice ports out of range give no endpoints: the port rejects",
