@@ -194,3 +194,18 @@ func TestValidateRejectsBrokenTables(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateUniqueSlowly: the comparison Validate falls back to when two
+// keys share a hash finds duplicates and passes distinct keys.
+func TestValidateUniqueSlowly(t *testing.T) {
+	s := &Set{Name: "s", Key: []Field{IPv4Daddr, L4Proto, THDport}, Verdict: true}
+	s.AddElement(vmapElement("10.96.0.1", 80, "a"))
+	s.AddElement(vmapElement("10.96.0.1", 81, "a"))
+	if err := s.validateUniqueSlowly(); err != nil {
+		t.Fatalf("distinct keys: %v", err)
+	}
+	s.AddElement(vmapElement("10.96.0.1", 80, "b"))
+	if err := s.validateUniqueSlowly(); err == nil || !strings.Contains(err.Error(), "duplicate element 10.96.0.1 . tcp . 80") {
+		t.Fatalf("duplicate keys: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"time"
 )
@@ -265,11 +266,33 @@ func (s *Set) validate() error {
 	if len(s.Comment) > maxCommentLen {
 		return fmt.Errorf("set %s: comment longer than %d bytes", s.Name, maxCommentLen)
 	}
-	seen := make(map[string]bool, len(s.Elements))
+	// Duplicates are found by sorting hashes of the keys; keys are compared
+	// only if two hashes are equal. A Maglev table puts millions of elements
+	// here: a map of key strings cost two allocations per element, and a
+	// map of hashes a cache miss.
+	seed := maphash.MakeSeed()
+	hashes := make([]uint64, len(s.Elements))
+	var buf []byte
 	for i, e := range s.Elements {
 		if err := s.validateElement(e); err != nil {
 			return fmt.Errorf("set %s: element %d: %w", s.Name, i, err)
 		}
+		buf = appendConcat(buf[:0], e.Key)
+		hashes[i] = maphash.Bytes(seed, buf)
+	}
+	slices.Sort(hashes)
+	for i := 1; i < len(hashes); i++ {
+		if hashes[i] == hashes[i-1] {
+			return s.validateUniqueSlowly()
+		}
+	}
+	return nil
+}
+
+// validateUniqueSlowly finds duplicate keys by their bytes.
+func (s *Set) validateUniqueSlowly() error {
+	seen := make(map[string]bool, len(s.Elements))
+	for _, e := range s.Elements {
 		k := string(e.keyBytes())
 		if seen[k] {
 			return fmt.Errorf("set %s: duplicate element %s", s.Name, e.renderKey())
