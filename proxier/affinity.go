@@ -125,8 +125,9 @@ func (a *affinityPort) externalTarget(nodePort, policyLocal, hasLocal bool) stri
 // appendAffinitySlots adds one verdict element per slot of the pick: key .
 // slot → goto the chain of the slot's endpoint.
 func appendAffinitySlots(elems []nft.Element, a *affinityPort, key []nft.Datum, eps []endpoint, p pick) []nft.Element {
-	for i, o := range slotOwners(eps, p) {
-		elems = append(elems, vmapElement(append(slices.Clone(key), nft.Int(uint32(i))), a.endpointChain(eps[o]), ""))
+	owners := slotOwners(eps, p)
+	for i := range slotCount(eps, owners) {
+		elems = append(elems, vmapElement(append(slices.Clone(key), nft.Int(uint32(i))), a.endpointChain(eps[slotOwner(owners, i)]), ""))
 	}
 	return elems
 }

@@ -180,17 +180,19 @@ func vmapElement(key []nft.Datum, chain, comment string) nft.Element {
 // . port of the slot's endpoint.
 func appendSlots(elems []nft.Element, key []nft.Datum, eps []endpoint, p pick) []nft.Element {
 	owners := slotOwners(eps, p)
+	slots := slotCount(eps, owners)
 	// One allocation for all keys and one for the values, which the slots
 	// of an endpoint share (a Maglev table has hundreds of slots): a table
 	// holds an element per slot.
 	k := len(key) + 1
-	keys := make([]nft.Datum, k*len(owners))
+	keys := make([]nft.Datum, k*slots)
 	values := make([]nft.Datum, 2*len(eps))
 	for i, ep := range eps {
 		values[2*i], values[2*i+1] = nft.Addr(ep.addr), nft.Port(ep.port)
 	}
-	elems = slices.Grow(elems, len(owners))
-	for i, o := range owners {
+	elems = slices.Grow(elems, slots)
+	for i := range slots {
+		o := slotOwner(owners, i)
 		ek := keys[i*k : (i+1)*k : (i+1)*k]
 		copy(ek, key)
 		ek[k-1] = nft.Int(uint32(i))

@@ -107,17 +107,13 @@ func (sp *servicePort) pick(n int) pick {
 	return pick{slots: maglev.Size(n), maglev: true}
 }
 
-// slotOwners returns, for each slot of the pick, the index in eps of the
-// endpoint it sends flows to: slot i is endpoint i for random; for Maglev,
-// the table filled from the endpoints' addresses and ports, whatever their
-// order.
+// slotOwners returns, for each slot of a Maglev pick, the index in eps of
+// the endpoint it sends flows to: the table filled from the endpoints'
+// addresses and ports, whatever their order. For random it returns nil:
+// slot i is endpoint i, and the build's hot path allocates nothing for it.
 func slotOwners(eps []endpoint, p pick) []int {
 	if !p.maglev {
-		owners := make([]int, len(eps))
-		for i := range owners {
-			owners[i] = i
-		}
-		return owners
+		return nil
 	}
 	ids := make([]string, len(eps))
 	index := make(map[string]int, len(eps))
@@ -130,4 +126,19 @@ func slotOwners(eps []endpoint, p pick) []int {
 		table[i] = index[sorted[s]]
 	}
 	return table
+}
+
+// slotCount and slotOwner read slotOwners' answer, nil included.
+func slotCount(eps []endpoint, owners []int) int {
+	if owners == nil {
+		return len(eps)
+	}
+	return len(owners)
+}
+
+func slotOwner(owners []int, slot int) int {
+	if owners == nil {
+		return slot
+	}
+	return owners[slot]
 }
