@@ -122,13 +122,8 @@ func (e Element) render() string {
 	if e.Comment != "" {
 		s += fmt.Sprintf(" comment %q", e.Comment)
 	}
-	switch {
-	case e.Verdict != nil:
-		s += " : " + e.Verdict.String()
-	case e.Value != nil:
-		s += " : " + joinData(e.Value)
-	case e.Object != "":
-		s += fmt.Sprintf(" : %q", e.Object)
+	if e.Verdict != nil || e.Value != nil || e.Object != "" {
+		s += " : " + e.target()
 	}
 	return s
 }
